@@ -1,0 +1,178 @@
+//! The NATS contract: every subject, stream, consumer, bucket and header name.
+//! These are a public API (see `docs/nats-api.md`); services never spell them
+//! as literals.
+
+use crate::{GatewayId, RoomId, UserId};
+
+/// Prefix of every room event subject: `chat.room.<room_id>.<kind>`.
+pub const ROOM_SUBJECT_PREFIX: &str = "chat.room";
+/// All room events of all rooms (the room stream captures this).
+pub const ROOM_SUBJECT_ALL: &str = "chat.room.>";
+/// JetStream stream holding every room event, in room-sequence order per room.
+pub const ROOM_STREAM: &str = "CHAT_ROOMS";
+/// Durable consumer of the history service on [`ROOM_STREAM`].
+pub const HISTORY_DURABLE: &str = "history";
+/// Durable consumer of the fanout service on [`ROOM_STREAM`].
+pub const FANOUT_DURABLE: &str = "fanout";
+
+/// Kinds of room event; the last token of a room event subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A chat message.
+    Msg,
+    /// A membership change (join or leave).
+    Member,
+}
+
+impl EventKind {
+    /// The subject token of this kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Msg => "msg",
+            EventKind::Member => "member",
+        }
+    }
+
+    /// Parses a subject token.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "msg" => Some(EventKind::Msg),
+            "member" => Some(EventKind::Member),
+            _ => None,
+        }
+    }
+}
+
+/// `chat.room.<room_id>.<kind>`: where one room event is published.
+pub fn room_subject(room: &RoomId, kind: EventKind) -> String {
+    format!("{ROOM_SUBJECT_PREFIX}.{room}.{}", kind.as_str())
+}
+
+/// `chat.room.<room_id>.>`: every event of one room. Used as the optimistic
+/// concurrency scope (`Nats-Expected-Last-Subject-Sequence-Subject`) so all
+/// kinds share one gap-free room sequence.
+pub fn room_filter(room: &RoomId) -> String {
+    format!("{ROOM_SUBJECT_PREFIX}.{room}.>")
+}
+
+/// Splits `chat.room.<room_id>.<kind>` into its parts.
+pub fn parse_room_subject(subject: &str) -> Option<(RoomId, EventKind)> {
+    let rest = subject
+        .strip_prefix(ROOM_SUBJECT_PREFIX)?
+        .strip_prefix('.')?;
+    let (room, kind) = rest.split_once('.')?;
+    Some((RoomId::parse(room).ok()?, EventKind::parse(kind)?))
+}
+
+/// `gw.<gateway_id>.deliver`: core NATS, fanout → one gateway.
+pub fn gateway_deliver(gw: &GatewayId) -> String {
+    format!("gw.{gw}.deliver")
+}
+
+/// `presence.in.<gateway_id>`: core NATS, a gateway's connect, disconnect and
+/// heartbeat reports to the presence service.
+pub fn presence_in(gw: &GatewayId) -> String {
+    format!("presence.in.{gw}")
+}
+/// Every gateway's presence reports (the presence service's queue subscription).
+pub const PRESENCE_IN_ALL: &str = "presence.in.*";
+
+/// `presence.user.<user_id>`: core NATS, a user's online/offline changes.
+pub fn presence_user(user: &UserId) -> String {
+    format!("presence.user.{user}")
+}
+/// Every user's presence changes.
+pub const PRESENCE_USER_ALL: &str = "presence.user.*";
+
+/// KV bucket: key `<user_id>.<gateway_id>` exists while that gateway holds
+/// at least one connection of that user; entries expire when heartbeats stop.
+pub const PRESENCE_BUCKET: &str = "chat_presence";
+/// Durable consumer (on the presence bucket's stream) that turns KV changes
+/// into `presence.user.*` events, shared by all presence instances.
+pub const PRESENCE_CHANGES_DURABLE: &str = "presence-changes";
+
+/// Key of one (user, gateway) pair in [`PRESENCE_BUCKET`].
+pub fn presence_key(user: &UserId, gw: &GatewayId) -> String {
+    format!("{user}.{gw}")
+}
+
+/// Splits a presence key into its user and gateway.
+pub fn parse_presence_key(key: &str) -> Option<(UserId, GatewayId)> {
+    let (u, g) = key.split_once('.')?;
+    Some((UserId::parse(u).ok()?, GatewayId::parse(g).ok()?))
+}
+
+/// Queue groups: all instances of one service share a subscription.
+pub mod queue {
+    pub const HISTORY: &str = "history";
+    pub const PRESENCE: &str = "presence";
+    pub const FANOUT: &str = "fanout";
+    pub const AUTH: &str = "auth";
+}
+
+/// Request/reply subjects `svc.<service>.<verb>` (payloads in [`crate::svc`]).
+pub mod svc {
+    /// Create a room; the creator becomes its first member.
+    pub const HISTORY_ROOM_CREATE: &str = "svc.history.room.create";
+    /// Add a member to a room.
+    pub const HISTORY_ROOM_JOIN: &str = "svc.history.room.join";
+    /// Remove a member from a room.
+    pub const HISTORY_ROOM_LEAVE: &str = "svc.history.room.leave";
+    /// One room's metadata.
+    pub const HISTORY_ROOM_GET: &str = "svc.history.room.get";
+    /// Members of a room.
+    pub const HISTORY_ROOM_MEMBERS: &str = "svc.history.room.members";
+    /// Rooms of a user.
+    pub const HISTORY_USER_ROOMS: &str = "svc.history.user.rooms";
+    /// A page of a room's history by room sequence.
+    pub const HISTORY_PAGE: &str = "svc.history.page";
+    /// Every `svc.history.*` subject (the history service's queue subscription).
+    pub const HISTORY_ALL: &str = "svc.history.>";
+    /// Current presence of a list of users.
+    pub const PRESENCE_QUERY: &str = "svc.presence.query";
+}
+
+/// Header names.
+pub mod headers {
+    /// JetStream publish de-duplication id.
+    pub const MSG_ID: &str = "Nats-Msg-Id";
+    /// Optimistic concurrency: expected last stream sequence on the scope subject.
+    pub const EXPECTED_LAST_SUBJECT_SEQ: &str = "Nats-Expected-Last-Subject-Sequence";
+    /// Optimistic concurrency scope (may contain wildcards; nats-server ≥ 2.11).
+    pub const EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: &str =
+        "Nats-Expected-Last-Subject-Sequence-Subject";
+    /// Room sequence of a room event.
+    pub const ROOM_SEQ: &str = "Chat-Seq";
+    /// Payload schema version.
+    pub const SCHEMA: &str = "Chat-Schema";
+    /// W3C trace context.
+    pub const TRACEPARENT: &str = "traceparent";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_subjects_round_trip() {
+        let room = RoomId::parse("r1").unwrap_or_else(|e| panic!("{e}"));
+        let s = room_subject(&room, EventKind::Member);
+        assert_eq!(s, "chat.room.r1.member");
+        assert_eq!(
+            parse_room_subject(&s),
+            Some((room.clone(), EventKind::Member))
+        );
+        assert_eq!(room_filter(&room), "chat.room.r1.>");
+        assert_eq!(parse_room_subject("chat.room.r1.bogus"), None);
+        assert_eq!(parse_room_subject("chat.rooms.r1.msg"), None);
+    }
+
+    #[test]
+    fn presence_keys_round_trip() {
+        let u = UserId::parse("u1").unwrap_or_else(|e| panic!("{e}"));
+        let g = GatewayId::parse("g-7").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(parse_presence_key(&presence_key(&u, &g)), Some((u, g)));
+        assert_eq!(parse_presence_key("nodot"), None);
+    }
+}

@@ -1,0 +1,216 @@
+//! The client protocol (version 1): JSON text frames over WebSocket, each an
+//! object with a `type`. Documented in `docs/protocol.md`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::events::{PresenceStatus, RoomEvent};
+use crate::svc::{ErrorCode, Room};
+use crate::{ClientMsgId, GatewayId, RoomId, UserId};
+
+/// Protocol version spoken by this build; `hello.v` must equal it.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Longest request id (`id` on requests other than `send`).
+pub const MAX_REQUEST_ID_LEN: usize = 64;
+
+/// Frames a client sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum ClientFrame {
+    /// Must be the first frame: authenticates the connection.
+    #[serde(rename = "hello")]
+    Hello { v: u32, token: String },
+    /// Creates a room with the caller as first member.
+    #[serde(rename = "room.create")]
+    RoomCreate {
+        #[serde(default)]
+        id: Option<String>,
+        name: String,
+    },
+    /// Joins an existing room.
+    #[serde(rename = "room.join")]
+    RoomJoin {
+        #[serde(default)]
+        id: Option<String>,
+        room: RoomId,
+    },
+    /// Leaves a room.
+    #[serde(rename = "room.leave")]
+    RoomLeave {
+        #[serde(default)]
+        id: Option<String>,
+        room: RoomId,
+    },
+    /// Sends a message; `id` is the client message id (idempotency key).
+    #[serde(rename = "send")]
+    Send {
+        id: ClientMsgId,
+        room: RoomId,
+        text: String,
+    },
+    /// Asks for a page of history.
+    #[serde(rename = "history")]
+    History {
+        #[serde(default)]
+        id: Option<String>,
+        room: RoomId,
+        #[serde(default)]
+        before: Option<u64>,
+        #[serde(default)]
+        after: Option<u64>,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+    /// Keep-alive; answered with `pong`.
+    #[serde(rename = "ping")]
+    Ping {
+        #[serde(default)]
+        id: Option<String>,
+    },
+}
+
+/// Limits announced to the client in `welcome`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub max_frame_bytes: usize,
+    pub max_text_bytes: usize,
+    pub msgs_per_sec: u32,
+    pub burst: u32,
+    pub idle_timeout_ms: u64,
+}
+
+/// Frames the server sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum ServerFrame {
+    /// Authentication succeeded.
+    #[serde(rename = "welcome")]
+    Welcome {
+        v: u32,
+        user: UserId,
+        gateway: GatewayId,
+        rooms: Vec<RoomId>,
+        limits: Limits,
+    },
+    /// Reply to `room.create`.
+    #[serde(rename = "room.created")]
+    RoomCreated {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        room: Room,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+    },
+    /// Reply to `room.join`.
+    #[serde(rename = "room.joined")]
+    RoomJoined {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        room: Room,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+    },
+    /// Reply to `room.leave`.
+    #[serde(rename = "room.left")]
+    RoomLeft {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        room: Room,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+    },
+    /// The message with client id `id` is durably stored as `seq` of `room`.
+    #[serde(rename = "ack")]
+    Ack {
+        id: ClientMsgId,
+        room: RoomId,
+        seq: u64,
+        ts: u64,
+        /// True when this send repeated an earlier one (nothing new stored).
+        duplicate: bool,
+    },
+    /// A room event (message or membership change).
+    #[serde(rename = "event")]
+    Event(RoomEvent),
+    /// Reply to `history`.
+    #[serde(rename = "history")]
+    History {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        room: RoomId,
+        events: Vec<RoomEvent>,
+        more: bool,
+    },
+    /// A co-member's presence changed.
+    #[serde(rename = "presence")]
+    Presence {
+        user: UserId,
+        status: PresenceStatus,
+    },
+    /// Reply to `ping`.
+    #[serde(rename = "pong")]
+    Pong {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+    },
+    /// A request failed; `id` names the request when it could be read.
+    #[serde(rename = "error")]
+    Error {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+/// WebSocket close codes used by the gateway (documented in `docs/protocol.md`).
+pub mod close {
+    /// Server is shutting down or draining: reconnect (to any gateway) and resume.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A binary frame was sent; the protocol is text-only.
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// A frame exceeded `max_frame_bytes`.
+    pub const TOO_BIG: u16 = 1009;
+    /// Internal error.
+    pub const INTERNAL: u16 = 1011;
+    /// The token in `hello` was rejected.
+    pub const UNAUTHORIZED: u16 = 4001;
+    /// No `hello` within the authentication timeout.
+    pub const AUTH_TIMEOUT: u16 = 4002;
+    /// No frame within the idle timeout.
+    pub const IDLE_TIMEOUT: u16 = 4003;
+    /// `hello.v` is not a supported protocol version.
+    pub const UNSUPPORTED_VERSION: u16 = 4004;
+    /// The outbound queue overflowed (client too slow): reconnect and resume.
+    pub const SLOW_CONSUMER: u16 = 4009;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_frames_parse_from_documented_json() {
+        let f: ClientFrame =
+            serde_json::from_str(r#"{"type":"send","id":"c1","room":"r1","text":"hi"}"#)
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(f, ClientFrame::Send { .. }));
+        let f: ClientFrame = serde_json::from_str(r#"{"type":"room.join","room":"r1"}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(f, ClientFrame::RoomJoin { id: None, .. }));
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn event_frame_is_flat() {
+        let ev: RoomEvent = serde_json::from_str(
+            r#"{"v":1,"room":"r1","seq":1,"ts":5,"from":"a","kind":"msg","cmid":"c","text":"x"}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let text = serde_json::to_string(&ServerFrame::Event(ev)).unwrap_or_else(|e| panic!("{e}"));
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(v["type"], "event");
+        assert_eq!(v["kind"], "msg");
+        assert_eq!(v["seq"], 1);
+    }
+}

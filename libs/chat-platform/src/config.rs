@@ -1,0 +1,333 @@
+//! Configuration: typed settings read through a [`Source`] (process env plus
+//! an optional TOML file, or a map in tests), validated at start with errors
+//! that name the option.
+//!
+//! A file given by `CHAT_CONFIG_FILE` is flat or nested TOML; nested keys are
+//! joined with `_` and upper-cased under `CHAT_`, so `[gateway] listen = "…"`
+//! is the same option as `CHAT_GATEWAY_LISTEN`. Environment wins over the file.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A configuration option that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid value {value:?} for {key}: {reason}")]
+    Invalid {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("{key} is required: {reason}")]
+    Missing { key: String, reason: String },
+    #[error("cannot read config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+/// Where option values come from.
+pub trait Source: Send + Sync {
+    /// The raw value of `key` (e.g. `CHAT_NATS_URL`), if set.
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// Options from a map (tests, composition).
+#[derive(Debug, Default, Clone)]
+pub struct MapSource(pub HashMap<String, String>);
+
+impl MapSource {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one option (builder style).
+    pub fn with(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.0.insert(key.to_string(), value.into());
+        self
+    }
+}
+
+impl Source for MapSource {
+    fn get(&self, key: &str) -> Option<String> {
+        self.0.get(key).cloned()
+    }
+}
+
+/// Process environment over an optional TOML file named by `CHAT_CONFIG_FILE`.
+#[derive(Debug, Default)]
+pub struct EnvSource {
+    file: HashMap<String, String>,
+}
+
+impl EnvSource {
+    /// Reads `CHAT_CONFIG_FILE` if set.
+    pub fn load() -> Result<Self, ConfigError> {
+        let Ok(path) = std::env::var("CHAT_CONFIG_FILE") else {
+            return Ok(Self::default());
+        };
+        let path = PathBuf::from(path);
+        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::File {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            file: parse_toml(&text).map_err(|reason| ConfigError::File { path, reason })?,
+        })
+    }
+}
+
+impl Source for EnvSource {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key)
+            .ok()
+            .or_else(|| self.file.get(key).cloned())
+    }
+}
+
+/// Flattens a TOML document into `CHAT_…` keys.
+pub fn parse_toml(text: &str) -> Result<HashMap<String, String>, String> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+    let mut out = HashMap::new();
+    flatten("CHAT", &toml::Value::Table(table), &mut out);
+    Ok(out)
+}
+
+fn flatten(prefix: &str, value: &toml::Value, out: &mut HashMap<String, String>) {
+    match value {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let key = format!("{prefix}_{}", k.to_ascii_uppercase().replace('-', "_"));
+                flatten(&key, v, out);
+            }
+        }
+        toml::Value::String(s) => {
+            out.insert(prefix.to_string(), s.clone());
+        }
+        toml::Value::Array(items) => {
+            let joined: Vec<String> = items
+                .iter()
+                .map(|i| match i {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect();
+            out.insert(prefix.to_string(), joined.join(","));
+        }
+        other => {
+            out.insert(prefix.to_string(), other.to_string());
+        }
+    }
+}
+
+/// A secret value: never printed by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The secret itself; call only where it is used.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Typed access to options with defaults; every error names its option.
+pub struct Settings<'a> {
+    src: &'a dyn Source,
+}
+
+impl<'a> Settings<'a> {
+    pub fn new(src: &'a dyn Source) -> Self {
+        Self { src }
+    }
+
+    /// The raw value, if set and not blank.
+    pub fn raw(&self, key: &str) -> Option<String> {
+        self.src
+            .get(key)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// A string option.
+    pub fn string(&self, key: &str, default: &str) -> String {
+        self.raw(key).unwrap_or_else(|| default.to_string())
+    }
+
+    /// Any option that parses with `FromStr`.
+    pub fn parse<T>(&self, key: &str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: fmt::Display,
+    {
+        match self.raw(key) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|e: T::Err| ConfigError::Invalid {
+                key: key.to_string(),
+                value: v.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// An optional option that parses with `FromStr`.
+    pub fn parse_opt<T>(&self, key: &str) -> Result<Option<T>, ConfigError>
+    where
+        T: FromStr,
+        T::Err: fmt::Display,
+    {
+        match self.raw(key) {
+            None => Ok(None),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|e: T::Err| ConfigError::Invalid {
+                    key: key.to_string(),
+                    value: v.clone(),
+                    reason: e.to_string(),
+                }),
+        }
+    }
+
+    /// A number that must be at least `min`.
+    pub fn at_least<T>(&self, key: &str, default: T, min: T) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + fmt::Display + Copy,
+        T::Err: fmt::Display,
+    {
+        let v = self.parse(key, default)?;
+        if v < min {
+            return Err(ConfigError::Invalid {
+                key: key.to_string(),
+                value: v.to_string(),
+                reason: format!("must be at least {min}"),
+            });
+        }
+        Ok(v)
+    }
+
+    /// A boolean: true/false/1/0/yes/no/on/off.
+    pub fn bool(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.raw(key) {
+            None => Ok(default),
+            Some(v) => match v.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => Ok(true),
+                "0" | "false" | "no" | "off" => Ok(false),
+                _ => Err(ConfigError::Invalid {
+                    key: key.to_string(),
+                    value: v,
+                    reason: "expected true or false".into(),
+                }),
+            },
+        }
+    }
+
+    /// A duration in milliseconds (option names end in `_MS`), at least 1 ms.
+    pub fn millis(&self, key: &str, default: Duration) -> Result<Duration, ConfigError> {
+        let ms = self.at_least(
+            key,
+            u64::try_from(default.as_millis()).unwrap_or(u64::MAX),
+            1,
+        )?;
+        Ok(Duration::from_millis(ms))
+    }
+
+    /// A comma-separated list (blank entries dropped).
+    pub fn list(&self, key: &str) -> Vec<String> {
+        self.raw(key)
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A secret option.
+    pub fn secret(&self, key: &str) -> Option<Secret> {
+        self.raw(key).map(Secret::new)
+    }
+}
+
+/// Options every service shares.
+#[derive(Debug, Clone)]
+pub struct Common {
+    /// `CHAT_NATS_URL`: NATS servers, comma-separated. Default `nats://127.0.0.1:4222`.
+    pub nats_url: String,
+    /// `CHAT_NATS_CREDS`: optional path of a NATS credentials file.
+    pub nats_creds: Option<PathBuf>,
+    /// `CHAT_MANAGE_NATS`: create streams, consumers and buckets at start
+    /// (default true). Off for platforms that manage them declaratively.
+    pub manage_nats: bool,
+    /// `CHAT_STREAM_REPLICAS`: replicas of streams and buckets (default 1; 3 in production).
+    pub stream_replicas: usize,
+}
+
+impl Common {
+    pub fn from_settings(s: &Settings<'_>) -> Result<Self, ConfigError> {
+        let stream_replicas = s.at_least("CHAT_STREAM_REPLICAS", 1usize, 1)?;
+        if stream_replicas > 5 {
+            return Err(ConfigError::Invalid {
+                key: "CHAT_STREAM_REPLICAS".into(),
+                value: stream_replicas.to_string(),
+                reason: "JetStream allows at most 5 replicas".into(),
+            });
+        }
+        Ok(Self {
+            nats_url: s.string("CHAT_NATS_URL", "nats://127.0.0.1:4222"),
+            nats_creds: s.raw("CHAT_NATS_CREDS").map(PathBuf::from),
+            manage_nats: s.bool("CHAT_MANAGE_NATS", true)?,
+            stream_replicas,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_nests_into_chat_keys() {
+        let m = parse_toml(
+            "[gateway]\nlisten = \"0.0.0.0:80\"\nmax-frame-bytes = 10\norigins = [\"a\", \"b\"]\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(m["CHAT_GATEWAY_LISTEN"], "0.0.0.0:80");
+        assert_eq!(m["CHAT_GATEWAY_MAX_FRAME_BYTES"], "10");
+        assert_eq!(m["CHAT_GATEWAY_ORIGINS"], "a,b");
+    }
+
+    #[test]
+    fn bad_values_name_the_option() {
+        let src = MapSource::new()
+            .with("CHAT_X_MS", "soon")
+            .with("CHAT_N", "0");
+        let s = Settings::new(&src);
+        let err = s
+            .millis("CHAT_X_MS", Duration::from_secs(1))
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("CHAT_X_MS") && e.contains("soon")));
+        let err = s.at_least("CHAT_N", 5u32, 1).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("CHAT_N") && e.contains("at least 1")));
+        assert_eq!(s.parse("CHAT_UNSET", 7u32).ok(), Some(7));
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+        assert_eq!(s.expose(), "hunter2");
+    }
+}

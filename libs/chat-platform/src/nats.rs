@@ -1,0 +1,55 @@
+//! NATS connection setup shared by services.
+
+use std::time::Duration;
+
+use crate::config::Common;
+
+/// Failure to reach NATS at start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to NATS at {url}: {reason}")]
+pub struct ConnectError {
+    pub url: String,
+    pub reason: String,
+}
+
+/// Connects with the service's name, retrying forever on later disconnects.
+/// The first connection must succeed within `timeout`.
+pub async fn connect(
+    common: &Common,
+    name: &str,
+    timeout: Duration,
+) -> Result<async_nats::Client, ConnectError> {
+    let err = |reason: String| ConnectError {
+        url: common.nats_url.clone(),
+        reason,
+    };
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(2))
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("nats connected"),
+                async_nats::Event::Disconnected => tracing::warn!("nats disconnected"),
+                other => tracing::info!(event = %other, "nats event"),
+            }
+        });
+    if let Some(creds) = &common.nats_creds {
+        opts = opts
+            .credentials_file(creds)
+            .await
+            .map_err(|e| err(format!("credentials file: {e}")))?;
+    }
+    let client = opts
+        .connect(common.nats_url.as_str())
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    while client.connection_state() != async_nats::connection::State::Connected {
+        if tokio::time::Instant::now() > deadline {
+            return Err(err(format!("not connected within {timeout:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(client)
+}

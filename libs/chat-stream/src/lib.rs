@@ -1,0 +1,11 @@
+//! JetStream access shared by services: creating the room stream and durable
+//! consumers, appending room events with a gap-free room sequence
+//! ([`RoomLog`]), and a live view of the presence bucket ([`PresenceView`]).
+
+pub mod presence_view;
+pub mod room_log;
+pub mod setup;
+
+pub use presence_view::PresenceView;
+pub use room_log::{AppendError, Appended, RoomLog};
+pub use setup::{SetupError, StreamSettings};

@@ -1,0 +1,166 @@
+//! A live, in-memory view of the presence bucket: which gateways hold each
+//! user. Kept current by a KV watch; used by fanout (where to deliver) and
+//! presence (who is online).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+
+use async_nats::jetstream::kv::{self, Operation};
+use chat_core::names;
+use chat_core::{GatewayId, UserId};
+use futures::StreamExt;
+
+/// user → gateways, with the KV revision of each (user, gateway) entry so a
+/// late, older update never undoes a newer one.
+#[derive(Clone, Default)]
+pub struct PresenceView {
+    inner: Arc<RwLock<HashMap<UserId, HashMap<GatewayId, u64>>>>,
+}
+
+impl PresenceView {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies one KV change. Returns true when the user's online state
+    /// flipped (none ↔ some gateways).
+    pub fn apply(&self, key: &str, revision: u64, op: Operation) -> bool {
+        let Some((user, gw)) = names::parse_presence_key(key) else {
+            return false;
+        };
+        let mut map = match self.inner.write() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        let gws = map.entry(user.clone()).or_default();
+        let was_online = !gws.is_empty();
+        match op {
+            Operation::Put => {
+                let newer = gws.get(&gw).is_none_or(|r| *r < revision);
+                if newer {
+                    gws.insert(gw, revision);
+                }
+            }
+            Operation::Delete | Operation::Purge => {
+                if gws.get(&gw).is_some_and(|r| *r <= revision) {
+                    gws.remove(&gw);
+                }
+            }
+        }
+        let online = !gws.is_empty();
+        if !online {
+            map.remove(&user);
+        }
+        was_online != online
+    }
+
+    /// Gateways currently holding `user`.
+    pub fn gateways_of(&self, user: &UserId) -> Vec<GatewayId> {
+        let map = match self.inner.read() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        map.get(user)
+            .map(|g| g.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether `user` is connected to any gateway.
+    pub fn is_online(&self, user: &UserId) -> bool {
+        let map = match self.inner.read() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        map.contains_key(user)
+    }
+
+    /// Users of `users` that are online.
+    pub fn online_of(&self, users: &[UserId]) -> Vec<UserId> {
+        users
+            .iter()
+            .filter(|u| self.is_online(u))
+            .cloned()
+            .collect()
+    }
+
+    /// Distinct gateways of several users, each with its users.
+    pub fn group_by_gateway(&self, users: &[UserId]) -> HashMap<GatewayId, Vec<UserId>> {
+        let map = match self.inner.read() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        let mut out: HashMap<GatewayId, Vec<UserId>> = HashMap::new();
+        let mut seen = HashSet::new();
+        for u in users {
+            if !seen.insert(u) {
+                continue;
+            }
+            if let Some(gws) = map.get(u) {
+                for gw in gws.keys() {
+                    out.entry(gw.clone()).or_default().push(u.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Watches `store` from its current contents on, applying every change,
+    /// until the watch ends. Calls `ready` once the initial contents are in.
+    pub async fn follow(
+        &self,
+        store: &kv::Store,
+        ready: impl FnOnce(),
+    ) -> Result<(), kv::WatchError> {
+        let mut watch = store.watch_all_from_revision(1).await?;
+        let mut ready = Some(ready);
+        // An empty bucket sends no initial entries: ready at once.
+        if store
+            .status()
+            .await
+            .map(|s| s.values() == 0)
+            .unwrap_or(false)
+            && let Some(r) = ready.take()
+        {
+            r();
+        }
+        while let Some(entry) = watch.next().await {
+            match entry {
+                Ok(e) => {
+                    self.apply(&e.key, e.revision, e.operation);
+                    if e.delta == 0
+                        && let Some(r) = ready.take()
+                    {
+                        r();
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "presence watch error"),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn online_flips_only_on_first_and_last_gateway() {
+        let v = PresenceView::new();
+        assert!(v.apply("alice.g1", 1, Operation::Put));
+        assert!(!v.apply("alice.g2", 2, Operation::Put));
+        assert!(!v.apply("alice.g1", 3, Operation::Delete));
+        assert!(v.is_online(&UserId::parse("alice").unwrap_or_else(|e| panic!("{e}"))));
+        assert!(v.apply("alice.g2", 4, Operation::Purge));
+        assert!(!v.is_online(&UserId::parse("alice").unwrap_or_else(|e| panic!("{e}"))));
+    }
+
+    #[test]
+    fn an_older_delete_does_not_undo_a_newer_put() {
+        let v = PresenceView::new();
+        v.apply("bob.g1", 5, Operation::Put);
+        v.apply("bob.g1", 3, Operation::Delete);
+        let bob = UserId::parse("bob").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(v.gateways_of(&bob).len(), 1);
+    }
+}

@@ -1,0 +1,219 @@
+//! Appending room events with a gap-free room sequence.
+//!
+//! Every event of room R is published on `chat.room.R.<kind>` with
+//! `Nats-Expected-Last-Subject-Sequence` scoped (by
+//! `Nats-Expected-Last-Subject-Sequence-Subject`) to `chat.room.R.>`: the
+//! publish succeeds only if no other event of R was stored since the one we
+//! numbered from, so the room sequence (`Chat-Seq`, also in the payload) is
+//! assigned atomically with persistence. On a conflict the appender re-reads
+//! the room's last event and retries. Within one process, appends to one room
+//! are serialised by a per-room lock, so conflicts only arise between
+//! processes. See `docs/adr/0002-room-sequence.md`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, context::PublishErrorKind, stream};
+use chat_core::events::{EventBody, RoomEvent};
+use chat_core::names::{self, headers};
+use chat_core::{RoomId, SCHEMA_VERSION, UserId};
+
+/// Attempts before giving up under extreme contention.
+const MAX_ATTEMPTS: usize = 64;
+
+/// Why an append failed. Nothing was stored unless `duplicate` is reported
+/// through [`Appended`].
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("JetStream publish failed: {0}")]
+    Publish(String),
+    #[error("reading the room's last event failed: {0}")]
+    Read(String),
+    #[error("stored event {seq} is not a valid room event: {reason}")]
+    Corrupt { seq: u64, reason: String },
+    #[error("gave up after {MAX_ATTEMPTS} sequence conflicts")]
+    Contention,
+}
+
+/// Result of an append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The stored event (for a duplicate: the one stored first).
+    pub event: RoomEvent,
+    /// Stream sequence of the stored event.
+    pub stream_seq: u64,
+    /// True when the de-duplication id matched an event already stored.
+    pub duplicate: bool,
+}
+
+/// Per-room lock around the last known tail (None: unknown, re-read it).
+type TailSlot = Arc<tokio::sync::Mutex<Option<Tail>>>;
+
+#[derive(Debug, Clone, Copy)]
+struct Tail {
+    stream_seq: u64,
+    room_seq: u64,
+}
+
+/// Appends events to rooms. Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct RoomLog {
+    js: jetstream::Context,
+    stream: stream::Stream,
+    tails: Arc<Mutex<HashMap<RoomId, TailSlot>>>,
+}
+
+impl RoomLog {
+    pub fn new(js: jetstream::Context, stream: stream::Stream) -> Self {
+        Self {
+            js,
+            stream,
+            tails: Arc::default(),
+        }
+    }
+
+    /// The room stream.
+    pub fn stream(&self) -> &stream::Stream {
+        &self.stream
+    }
+
+    fn tail_slot(&self, room: &RoomId) -> TailSlot {
+        let mut tails = match self.tails.lock() {
+            Ok(t) => t,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        tails.entry(room.clone()).or_default().clone()
+    }
+
+    /// Appends `body` to `room` as the next room sequence. `dedup_id`, when
+    /// given, makes retries idempotent within the stream's de-duplication
+    /// window: a repeat returns the first event with `duplicate: true`.
+    pub async fn append(
+        &self,
+        room: &RoomId,
+        from: &UserId,
+        body: EventBody,
+        dedup_id: Option<&str>,
+    ) -> Result<Appended, AppendError> {
+        let slot = self.tail_slot(room);
+        let mut tail = slot.lock().await;
+        let subject = names::room_subject(room, body.kind());
+        let scope = names::room_filter(room);
+        for _ in 0..MAX_ATTEMPTS {
+            let current = match *tail {
+                Some(t) => t,
+                None => {
+                    let t = self.read_tail(room).await?;
+                    *tail = Some(t);
+                    t
+                }
+            };
+            let event = RoomEvent {
+                v: SCHEMA_VERSION,
+                room: room.clone(),
+                seq: current.room_seq + 1,
+                ts: chat_core::time::now_ms(),
+                from: from.clone(),
+                body: body.clone(),
+            };
+            let payload =
+                serde_json::to_vec(&event).map_err(|e| AppendError::Publish(e.to_string()))?;
+            let mut hdrs = HeaderMap::new();
+            hdrs.insert(headers::SCHEMA, SCHEMA_VERSION.to_string().as_str());
+            hdrs.insert(headers::ROOM_SEQ, event.seq.to_string().as_str());
+            hdrs.insert(
+                headers::EXPECTED_LAST_SUBJECT_SEQ,
+                current.stream_seq.to_string().as_str(),
+            );
+            hdrs.insert(headers::EXPECTED_LAST_SUBJECT_SEQ_SUBJECT, scope.as_str());
+            if let Some(id) = dedup_id {
+                hdrs.insert(headers::MSG_ID, id);
+            }
+            let ack = self
+                .js
+                .publish_with_headers(subject.clone(), hdrs, payload.into())
+                .await
+                .map_err(|e| AppendError::Publish(e.to_string()))?
+                .await;
+            match ack {
+                Ok(ack) if ack.duplicate => {
+                    let event = self.read_event(ack.sequence).await?;
+                    return Ok(Appended {
+                        event,
+                        stream_seq: ack.sequence,
+                        duplicate: true,
+                    });
+                }
+                Ok(ack) => {
+                    *tail = Some(Tail {
+                        stream_seq: ack.sequence,
+                        room_seq: event.seq,
+                    });
+                    return Ok(Appended {
+                        event,
+                        stream_seq: ack.sequence,
+                        duplicate: false,
+                    });
+                }
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                    // Another process appended to this room: re-read and retry.
+                    *tail = None;
+                    metrics::counter!("chat_room_append_conflicts_total").increment(1);
+                }
+                Err(e) => {
+                    // The outcome is unknown (e.g. timeout): forget the tail so
+                    // the next attempt re-reads it instead of trusting it.
+                    *tail = None;
+                    return Err(AppendError::Publish(e.to_string()));
+                }
+            }
+        }
+        Err(AppendError::Contention)
+    }
+
+    /// The last stored event's stream and room sequence for `room`
+    /// (zeros for a room with no events in the stream).
+    async fn read_tail(&self, room: &RoomId) -> Result<Tail, AppendError> {
+        match self
+            .stream
+            .direct_get_last_for_subject(names::room_filter(room))
+            .await
+        {
+            Ok(msg) => {
+                let room_seq = msg
+                    .headers
+                    .get(headers::ROOM_SEQ)
+                    .and_then(|v| v.as_str().parse::<u64>().ok())
+                    .ok_or_else(|| AppendError::Corrupt {
+                        seq: msg.sequence,
+                        reason: format!("missing {} header", headers::ROOM_SEQ),
+                    })?;
+                Ok(Tail {
+                    stream_seq: msg.sequence,
+                    room_seq,
+                })
+            }
+            Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => {
+                Ok(Tail {
+                    stream_seq: 0,
+                    room_seq: 0,
+                })
+            }
+            Err(e) => Err(AppendError::Read(e.to_string())),
+        }
+    }
+
+    /// The room event stored at stream sequence `seq`.
+    pub async fn read_event(&self, seq: u64) -> Result<RoomEvent, AppendError> {
+        let msg = self
+            .stream
+            .direct_get(seq)
+            .await
+            .map_err(|e| AppendError::Read(e.to_string()))?;
+        serde_json::from_slice(&msg.payload).map_err(|e| AppendError::Corrupt {
+            seq,
+            reason: e.to_string(),
+        })
+    }
+}

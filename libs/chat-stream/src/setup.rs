@@ -1,0 +1,146 @@
+//! Idempotent creation of the streams, consumers and buckets this system
+//! owns. Each service creates what it consumes at start unless
+//! `CHAT_MANAGE_NATS=false`, in which case it only looks them up.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use chat_core::names;
+
+/// Failure to create or find a JetStream resource.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("JetStream stream {name}: {reason}")]
+    Stream { name: String, reason: String },
+    #[error("JetStream consumer {name}: {reason}")]
+    Consumer { name: String, reason: String },
+    #[error("KV bucket {name}: {reason}")]
+    Bucket { name: String, reason: String },
+}
+
+/// How streams and buckets are created.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// Create resources (true) or only look them up (false).
+    pub manage: bool,
+    /// Replicas (1 locally, 3 in production).
+    pub replicas: usize,
+    /// Publish de-duplication window of the room stream.
+    pub dedup_window: Duration,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            manage: true,
+            replicas: 1,
+            dedup_window: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The room stream's configuration: every `chat.room.>` event, file storage,
+/// direct get (for the sequencer and resume), de-duplication window.
+pub fn room_stream_config(s: &StreamSettings) -> stream::Config {
+    stream::Config {
+        name: names::ROOM_STREAM.to_string(),
+        description: Some("Room events, in room-sequence order per room".into()),
+        subjects: vec![names::ROOM_SUBJECT_ALL.to_string()],
+        storage: stream::StorageType::File,
+        num_replicas: s.replicas,
+        duplicate_window: s.dedup_window,
+        allow_direct: true,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        max_message_size: 1024 * 1024,
+        ..Default::default()
+    }
+}
+
+/// Creates (or finds) the room stream.
+pub async fn room_stream(
+    js: &jetstream::Context,
+    s: &StreamSettings,
+) -> Result<stream::Stream, SetupError> {
+    let err = |reason: String| SetupError::Stream {
+        name: names::ROOM_STREAM.into(),
+        reason,
+    };
+    if s.manage {
+        js.get_or_create_stream(room_stream_config(s))
+            .await
+            .map_err(|e| err(e.to_string()))
+    } else {
+        js.get_stream(names::ROOM_STREAM)
+            .await
+            .map_err(|e| err(format!("not found and CHAT_MANAGE_NATS=false: {e}")))
+    }
+}
+
+/// Creates (or finds) a durable pull consumer with explicit ack on `stream`.
+pub async fn durable_consumer(
+    stream: &stream::Stream,
+    name: &str,
+    filter: &str,
+    ack_wait: Duration,
+    max_ack_pending: i64,
+    manage: bool,
+) -> Result<consumer::PullConsumer, SetupError> {
+    let err = |reason: String| SetupError::Consumer {
+        name: name.into(),
+        reason,
+    };
+    if manage {
+        stream
+            .get_or_create_consumer(
+                name,
+                consumer::pull::Config {
+                    durable_name: Some(name.to_string()),
+                    filter_subject: filter.to_string(),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait,
+                    max_ack_pending,
+                    deliver_policy: consumer::DeliverPolicy::All,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| err(e.to_string()))
+    } else {
+        stream
+            .get_consumer(name)
+            .await
+            .map_err(|e| err(format!("not found and CHAT_MANAGE_NATS=false: {e}")))
+    }
+}
+
+/// Creates (or finds) the presence bucket: entries live `ttl` unless
+/// refreshed, and their expiry leaves a marker watchers see as a purge.
+pub async fn presence_bucket(
+    js: &jetstream::Context,
+    s: &StreamSettings,
+    ttl: Duration,
+) -> Result<kv::Store, SetupError> {
+    let err = |reason: String| SetupError::Bucket {
+        name: names::PRESENCE_BUCKET.into(),
+        reason,
+    };
+    if let Ok(store) = js.get_key_value(names::PRESENCE_BUCKET).await {
+        return Ok(store);
+    }
+    if !s.manage {
+        return Err(err("not found and CHAT_MANAGE_NATS=false".into()));
+    }
+    js.create_key_value(kv::Config {
+        bucket: names::PRESENCE_BUCKET.to_string(),
+        description: "user.gateway -> connections; expires without heartbeats".into(),
+        history: 1,
+        max_age: ttl,
+        storage: stream::StorageType::File,
+        num_replicas: s.replicas,
+        limit_markers: Some(ttl.max(Duration::from_secs(1))),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| err(e.to_string()))
+}

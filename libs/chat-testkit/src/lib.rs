@@ -1,0 +1,11 @@
+//! Test kit: real `nats-server` processes (single node or 3-node cluster) on
+//! free ports with temp dirs, killed on drop; a WebSocket test client; and
+//! waiting on a condition with a deadline instead of sleeping.
+
+pub mod nats;
+pub mod wait;
+pub mod ws;
+
+pub use nats::{NatsCluster, NatsServer, free_port};
+pub use wait::{eventually, within};
+pub use ws::WsClient;

