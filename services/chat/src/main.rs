@@ -1,1 +1,18 @@
-fn main() {}
+//! `chat`: all five services in one process (see the library for the
+//! composition). Prints the URL to open.
+
+use chat_platform::config::EnvSource;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    chat_platform::telemetry::init(&std::env::var("CHAT_LOG_FORMAT").unwrap_or_default());
+    let running = chat::start(
+        Box::new(EnvSource::load()?),
+        chat_platform::shutdown::on_signal(),
+    )
+    .await?;
+    let addr = running.gateway_addr;
+    tracing::info!(url = %format!("http://{addr}/"), "chat is up");
+    println!("chat: open http://{addr}/  (WebSocket ws://{addr}/ws)");
+    running.wait().await
+}

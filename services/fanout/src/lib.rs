@@ -1,1 +1,236 @@
-//! chat-fanout
+//! The fanout service: turns each room event of the room stream into one
+//! delivery per gateway holding online recipients (`gw.<id>.deliver`), and
+//! relays presence changes (`presence.user.*`) to co-members the same way.
+
+mod config;
+mod members;
+mod pipeline;
+mod plan;
+mod relay;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, kv};
+use chat_core::GatewayId;
+use chat_core::events::Delivery;
+use chat_core::names;
+use chat_platform::Shutdown;
+use chat_platform::http::{Readiness, ops_router};
+use chat_stream::{PresenceView, StreamSettings, setup};
+use tokio::net::TcpListener;
+
+pub use config::{Config, MAX_BATCH};
+pub use members::HistoryError;
+
+use members::{History, MemberCache};
+
+/// How long the first NATS connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Ack wait of the room consumer: long enough for a history retry or two.
+const ACK_WAIT: Duration = Duration::from_secs(30);
+/// Unacked room events the whole fanout fleet may hold.
+const MAX_ACK_PENDING: i64 = 10_000;
+/// How often to look for the presence bucket until the presence service
+/// (its owner, which sets its TTL) has created it.
+const BUCKET_POLL: Duration = Duration::from_millis(500);
+/// Pause before re-opening a KV watch that ended.
+const WATCH_RETRY: Duration = Duration::from_secs(1);
+
+/// A delivery that could not be published.
+#[derive(Debug, thiserror::Error)]
+#[error("publishing to gateway {gw}: {reason}")]
+pub struct PublishError {
+    pub gw: GatewayId,
+    pub reason: String,
+}
+
+/// What the pipeline and the relay share.
+#[derive(Clone)]
+pub(crate) struct Fanout {
+    client: async_nats::Client,
+    history: History,
+    members: MemberCache,
+    view: PresenceView,
+}
+
+impl Fanout {
+    /// Publishes each delivery on `gw.<id>.deliver` (core NATS). Deliveries
+    /// go out on the same connection as the ack that follows, so they are
+    /// sent before it.
+    async fn publish(&self, out: Vec<(GatewayId, Delivery)>) -> Result<(), PublishError> {
+        for (gw, delivery) in out {
+            let body = serde_json::to_vec(&delivery).map_err(|e| PublishError {
+                gw: gw.clone(),
+                reason: e.to_string(),
+            })?;
+            self.client
+                .publish(names::gateway_deliver(&gw), body.into())
+                .await
+                .map_err(|e| PublishError {
+                    gw: gw.clone(),
+                    reason: e.to_string(),
+                })?;
+            metrics::counter!("chat_fanout_deliveries_total").increment(1);
+        }
+        Ok(())
+    }
+}
+
+/// Runs the fanout service until `shutdown`: connects to NATS, creates the
+/// room stream and the `fanout` consumer (unless `CHAT_MANAGE_NATS=false`),
+/// waits for the presence bucket, then runs the room pipeline and the
+/// presence relay, serving `/healthz` `/readyz` `/metrics` on `listener`.
+/// On shutdown it finishes the event in hand, naks the rest of its batch,
+/// and drains NATS.
+pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+    let client = chat_platform::nats::connect(&config.common, "chat-fanout", CONNECT_TIMEOUT)
+        .await
+        .context("fanout: NATS")?;
+    let js = jetstream::new(client.clone());
+    let settings = StreamSettings {
+        manage: config.common.manage_nats,
+        replicas: config.common.stream_replicas,
+        ..StreamSettings::default()
+    };
+    let stream = setup::room_stream(&js, &settings)
+        .await
+        .context("fanout: room stream")?;
+    let consumer = setup::durable_consumer(
+        &stream,
+        names::FANOUT_DURABLE,
+        names::ROOM_SUBJECT_ALL,
+        ACK_WAIT,
+        MAX_ACK_PENDING,
+        settings.manage,
+    )
+    .await
+    .context("fanout: room consumer")?;
+
+    let readiness = Readiness::new(Some(client.clone()));
+    let view_ready = readiness.flag("presence view");
+    let http = tokio::spawn(chat_platform::http::serve(
+        listener,
+        ops_router(readiness),
+        shutdown.clone(),
+    ));
+    let view = PresenceView::new();
+    let follower = tokio::spawn(follow(
+        js,
+        view.clone(),
+        view_ready.clone(),
+        shutdown.clone(),
+    ));
+    // Delivering before the view holds the bucket's contents would skip
+    // online users as offline.
+    if !wait_flag(&view_ready, &shutdown).await {
+        return finish(client, http, follower).await;
+    }
+    tracing::info!(batch = config.batch, "presence view ready; fanout starting");
+
+    let history = History::new(client.clone());
+    let fanout = Fanout {
+        client: client.clone(),
+        members: MemberCache::new(history.clone()),
+        history,
+        view,
+    };
+    let relay_sub = client
+        .queue_subscribe(names::PRESENCE_USER_ALL, names::queue::FANOUT.into())
+        .await
+        .context("fanout: subscribe presence changes")?;
+    let relay = tokio::spawn(relay::serve(fanout.clone(), relay_sub, shutdown.clone()));
+    let pipeline = tokio::spawn(pipeline::serve(
+        fanout,
+        consumer,
+        config.batch,
+        shutdown.clone(),
+    ));
+    let (p, r) = tokio::join!(pipeline, relay);
+    for (what, res) in [("pipeline", p), ("relay", r)] {
+        if let Err(err) = res {
+            tracing::error!(error = %err, task = what, "fanout task failed");
+        }
+    }
+    finish(client, http, follower).await
+}
+
+/// Flushes and drains NATS, then waits for the HTTP server and the watch.
+async fn finish(
+    client: async_nats::Client,
+    http: tokio::task::JoinHandle<std::io::Result<()>>,
+    follower: tokio::task::JoinHandle<()>,
+) -> anyhow::Result<()> {
+    if let Err(e) = client.flush().await {
+        tracing::warn!(error = %e, "flushing NATS at shutdown failed");
+    }
+    client.drain().await.context("fanout: drain NATS")?;
+    follower.await.context("fanout: view task")?;
+    http.await
+        .context("fanout: HTTP task")?
+        .context("fanout: HTTP server")?;
+    tracing::info!("fanout stopped");
+    Ok(())
+}
+
+/// Finds the presence bucket (waiting for its owner to create it), then
+/// keeps `view` in step with it until shutdown.
+async fn follow(
+    js: jetstream::Context,
+    view: PresenceView,
+    ready: Arc<AtomicBool>,
+    shutdown: Shutdown,
+) {
+    let mut store: Option<kv::Store> = None;
+    let mut warned = false;
+    while !shutdown.is_cancelled() {
+        let current = match &store {
+            Some(s) => s.clone(),
+            None => match js.get_key_value(names::PRESENCE_BUCKET).await {
+                Ok(s) => {
+                    store = Some(s.clone());
+                    s
+                }
+                Err(e) => {
+                    if !warned {
+                        warned = true;
+                        tracing::warn!(error = %e, "presence bucket not found yet; waiting for the presence service");
+                    }
+                    pause(&shutdown, BUCKET_POLL).await;
+                    continue;
+                }
+            },
+        };
+        let flag = ready.clone();
+        let watched = view.follow(&current, move || flag.store(true, Ordering::Release));
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            res = watched => {
+                if let Err(e) = res {
+                    tracing::warn!(error = %e, "presence watch failed");
+                }
+            }
+        }
+        pause(&shutdown, WATCH_RETRY).await;
+    }
+}
+
+async fn pause(shutdown: &Shutdown, d: Duration) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(d) => {}
+    }
+}
+
+/// Waits until `flag` is set (true) or shutdown (false).
+async fn wait_flag(flag: &AtomicBool, shutdown: &Shutdown) -> bool {
+    while !flag.load(Ordering::Acquire) {
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+    true
+}

@@ -1,1 +1,139 @@
-//! chat-gateway
+//! The gateway: holds client WebSocket connections, authenticates them with
+//! access tokens (JWKS), turns client frames into room events and service
+//! requests, and writes deliveries from fanout to the right sockets. It also
+//! serves the web client and, optionally, forwards `/auth/*` to the auth
+//! service so a browser needs one origin.
+
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod http_routes;
+pub mod presence;
+pub mod registry;
+pub mod session;
+pub mod state;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream;
+use chat_core::events::Delivery;
+use chat_core::names;
+use chat_platform::Shutdown;
+use chat_platform::http::Readiness;
+use chat_stream::{RoomLog, StreamSettings};
+use futures::StreamExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+pub use config::{Config, Limits};
+pub use http_routes::router;
+pub use state::AppState;
+
+/// Runs a gateway on `listener` until `shutdown`, then closes every session
+/// with 1001 (reconnect and resume), waits up to the grace period for them,
+/// and drains NATS.
+pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let gw = config.gateway_id.clone();
+    let nats = chat_platform::nats::connect(&config.common, &format!("gateway-{gw}"), Duration::from_secs(30))
+        .await
+        .context("gateway")?;
+    let js = jetstream::new(nats.clone());
+    let settings = StreamSettings {
+        manage: config.common.manage_nats,
+        replicas: config.common.stream_replicas,
+        ..StreamSettings::default()
+    };
+    let stream = chat_stream::setup::room_stream(&js, &settings).await?;
+    let verifier = chat_jwt::Verifier::remote(
+        config.jwks_url.clone(),
+        &config.token_issuer,
+        &config.token_audience,
+        config.token_leeway,
+    )
+    .context("token verifier")?;
+    let ready = Readiness::new(Some(nats.clone()));
+    let deliveries_ready = ready.flag("deliveries");
+    let st = AppState {
+        config: config.clone(),
+        nats: nats.clone(),
+        log: RoomLog::new(js, stream),
+        verifier: Arc::new(verifier),
+        registry: registry::Registry::default(),
+        presence: presence::PresenceReporter::new(nats.clone(), gw.clone()),
+        sessions: TaskTracker::new(),
+        slots: Arc::new(Semaphore::new(config.limits.max_connections)),
+        next_session: Arc::new(AtomicU64::new(1)),
+        shutdown: shutdown.clone(),
+        http: reqwest::Client::new(),
+    };
+
+    let mut deliveries = nats
+        .subscribe(names::gateway_deliver(&gw))
+        .await
+        .context("subscribe to deliveries")?;
+    nats.flush().await.context("flush subscription")?;
+    deliveries_ready.store(true, Ordering::Release);
+    let registry = st.registry.clone();
+    let delivery_task = tokio::spawn(async move {
+        while let Some(msg) = deliveries.next().await {
+            match serde_json::from_slice::<Delivery>(&msg.payload) {
+                Ok(d) => {
+                    let n = registry.deliver(d);
+                    metrics::counter!("chat_gateway_deliveries_total").increment(1);
+                    metrics::counter!("chat_gateway_delivered_frames_total").increment(n as u64);
+                }
+                Err(e) => {
+                    metrics::counter!("chat_gateway_bad_deliveries_total").increment(1);
+                    tracing::warn!(error = %e, "unreadable delivery dropped");
+                }
+            }
+        }
+    });
+    let heartbeat = tokio::spawn(st.presence.clone().heartbeat_loop(
+        st.registry.clone(),
+        config.heartbeat,
+        shutdown.clone(),
+    ));
+
+    tracing::info!(gateway = %gw, addr = ?listener.local_addr().ok(), "gateway listening");
+    let server = tokio::spawn(chat_platform::http::serve(
+        listener,
+        router(st.clone(), ready),
+        shutdown.clone(),
+    ));
+
+    shutdown.cancelled().await;
+    let open = st.registry.sessions();
+    tracing::info!(sessions = open.len(), "draining: closing sessions");
+    for s in &open {
+        s.close(
+            chat_core::wire::close::GOING_AWAY,
+            "server shutting down: reconnect and resume",
+        );
+    }
+    st.sessions.close();
+    if tokio::time::timeout(config.shutdown_grace, st.sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("sessions still open after the grace period");
+    }
+    match tokio::time::timeout(config.shutdown_grace, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "http server task failed"),
+        Err(_) => tracing::warn!("http server did not stop within the grace period"),
+    }
+    heartbeat.abort();
+    if let Err(e) = nats.drain().await {
+        tracing::warn!(error = %e, "nats drain failed");
+    }
+    delivery_task.abort();
+    tracing::info!("gateway stopped");
+    Ok(())
+}

@@ -1,1 +1,171 @@
-//! chat-history
+//! The history service: the system of record for rooms, memberships and room
+//! history. It writes every room event from the room stream into the store
+//! (the `history` durable consumer) and answers `svc.history.*` requests.
+//! See `docs/services/history.md`.
+
+mod api;
+mod config;
+mod writer;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use chat_core::names;
+use chat_platform::Shutdown;
+use chat_platform::http::{Readiness, ops_router, serve};
+use chat_store::{HistoryStore, SqliteStore};
+use chat_stream::RoomLog;
+use chat_stream::setup::{self, StreamSettings};
+use futures::StreamExt;
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+pub use api::MAX_ROOM_NAME_CHARS;
+pub use config::Config;
+
+/// How long the first NATS connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens the SQLite store at `config.db` and runs the service on it until
+/// `shutdown`.
+pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+    let path = config.db.clone();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+        .await
+        .context("store open task")?
+        .with_context(|| {
+            format!(
+                "cannot open history store {} (CHAT_HISTORY_DB)",
+                config.db.display()
+            )
+        })?;
+    run_with_store(config, Arc::new(store), listener, shutdown).await
+}
+
+/// Runs the service on any [`HistoryStore`] (another backend, or a test
+/// double) until `shutdown`: stops taking requests and events, finishes the
+/// ones in hand, drains NATS and returns.
+pub async fn run_with_store(
+    config: Config,
+    store: Arc<dyn HistoryStore>,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let client =
+        chat_platform::nats::connect(&config.common, "chat-history", CONNECT_TIMEOUT).await?;
+    let ready = Readiness::new(Some(client.clone()));
+    let store_ready = ready.flag("store");
+    let consumer_ready = ready.flag("consumer");
+    // The store is open by the time we get here (run opens it first).
+    store_ready.store(true, Ordering::Release);
+
+    // Internal token: a fatal error in one part stops the others.
+    let stop = shutdown.child_token();
+    let http = tokio::spawn(serve(listener, ops_router(ready.clone()), stop.clone()));
+
+    let result = serve_nats(&config, &client, store, &stop, &consumer_ready).await;
+    stop.cancel();
+    match http.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "ops HTTP server failed"),
+        Err(e) => tracing::warn!(error = %e, "ops HTTP task failed"),
+    }
+    if let Err(e) = client.drain().await {
+        tracing::warn!(error = %e, "NATS drain failed");
+    }
+    tracing::info!("history service stopped");
+    result
+}
+
+async fn serve_nats(
+    config: &Config,
+    client: &async_nats::Client,
+    store: Arc<dyn HistoryStore>,
+    stop: &Shutdown,
+    consumer_ready: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<()> {
+    let js = async_nats::jetstream::new(client.clone());
+    let settings = StreamSettings {
+        manage: config.common.manage_nats,
+        replicas: config.common.stream_replicas,
+        ..StreamSettings::default()
+    };
+    let stream = setup::room_stream(&js, &settings).await?;
+    let max_ack_pending =
+        i64::try_from(config.batch.saturating_mul(4).max(1024)).unwrap_or(i64::MAX);
+    let consumer = setup::durable_consumer(
+        &stream,
+        names::HISTORY_DURABLE,
+        names::ROOM_SUBJECT_ALL,
+        config.ack_wait,
+        max_ack_pending,
+        config.common.manage_nats,
+    )
+    .await?;
+    consumer_ready.store(true, Ordering::Release);
+    tracing::info!(durable = names::HISTORY_DURABLE, "history consumer ready");
+
+    let writer = tokio::spawn(writer::run(
+        consumer,
+        store.clone(),
+        writer::WriterSettings {
+            batch: config.batch,
+            retry_max: config.retry_max,
+        },
+        stop.clone(),
+    ));
+    let api = api::Api {
+        store,
+        log: RoomLog::new(js, stream),
+    };
+    let served = serve_requests(client, api, stop).await;
+    stop.cancel();
+    if let Err(e) = writer.await {
+        tracing::error!(error = %e, "writer task failed");
+    }
+    served
+}
+
+/// Answers `svc.history.*` until `stop`, then waits for in-flight requests.
+async fn serve_requests(
+    client: &async_nats::Client,
+    api: api::Api,
+    stop: &Shutdown,
+) -> anyhow::Result<()> {
+    let mut sub = client
+        .queue_subscribe(names::svc::HISTORY_ALL, names::queue::HISTORY.to_string())
+        .await
+        .context("subscribe to svc.history.>")?;
+    let tracker = TaskTracker::new();
+    let result = loop {
+        let msg = tokio::select! {
+            () = stop.cancelled() => break Ok(()),
+            m = sub.next() => m,
+        };
+        let Some(msg) = msg else {
+            break Err(anyhow::anyhow!("svc.history subscription closed"));
+        };
+        let api = api.clone();
+        let client = client.clone();
+        tracker.spawn(async move {
+            let body = api.handle(&msg.subject, &msg.payload).await;
+            match msg.reply {
+                Some(reply) => {
+                    if let Err(e) = client.publish(reply, body.into()).await {
+                        tracing::warn!(error = %e, "reply not sent");
+                    }
+                }
+                None => tracing::debug!(subject = %msg.subject, "request without reply subject"),
+            }
+        });
+    };
+    // Stop taking requests (others in the queue group get them), finish ours.
+    if let Err(e) = sub.unsubscribe().await {
+        tracing::debug!(error = %e, "unsubscribe failed");
+    }
+    tracker.close();
+    tracker.wait().await;
+    result
+}

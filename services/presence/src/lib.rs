@@ -1,1 +1,174 @@
-//! chat-presence
+//! The presence service: who is online where. Gateways report connects,
+//! disconnects and heartbeats on `presence.in.<gw>`; entries of the
+//! `chat_presence` KV bucket (`<user>.<gw>`) live while heartbeats refresh
+//! them; online/offline flips are published on `presence.user.<user>`; and
+//! `svc.presence.query` answers who of some users is online.
+
+mod config;
+mod expiry;
+mod query;
+mod reports;
+mod state;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream::{self, kv};
+use chat_core::names;
+use chat_platform::Shutdown;
+use chat_platform::http::{Readiness, ops_router};
+use chat_stream::{PresenceView, StreamSettings, setup};
+use tokio::net::TcpListener;
+
+pub use config::{Config, MIN_TTL_MS};
+pub use query::MAX_QUERY_USERS;
+pub use state::PresenceError;
+
+use state::Presence;
+
+/// How long the first NATS connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Ack wait of the expiry consumer: handling a marker is one publish.
+const EXPIRY_ACK_WAIT: Duration = Duration::from_secs(30);
+/// Unacked bucket changes one presence fleet may hold at once.
+const EXPIRY_MAX_ACK_PENDING: i64 = 10_000;
+/// Pause before re-opening a KV watch that ended.
+const WATCH_RETRY: Duration = Duration::from_secs(1);
+
+/// Runs the presence service until `shutdown`: connects to NATS, creates the
+/// bucket and the expiry consumer (unless `CHAT_MANAGE_NATS=false`), serves
+/// reports, expiry and queries plus `/healthz` `/readyz` `/metrics` on
+/// `listener`, and on shutdown finishes queued reports and drains NATS.
+pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+    let client = chat_platform::nats::connect(&config.common, "chat-presence", CONNECT_TIMEOUT)
+        .await
+        .context("presence: NATS")?;
+    let js = jetstream::new(client.clone());
+    let settings = StreamSettings {
+        manage: config.common.manage_nats,
+        replicas: config.common.stream_replicas,
+        ..StreamSettings::default()
+    };
+    let store = setup::presence_bucket(&js, &settings, config.ttl)
+        .await
+        .context("presence: bucket")?;
+    let key_prefix = store.prefix.clone();
+    let consumer = setup::durable_consumer(
+        &store.stream,
+        names::PRESENCE_CHANGES_DURABLE,
+        &format!("{key_prefix}>"),
+        EXPIRY_ACK_WAIT,
+        EXPIRY_MAX_ACK_PENDING,
+        settings.manage,
+    )
+    .await
+    .context("presence: expiry consumer")?;
+
+    let readiness = Readiness::new(Some(client.clone()));
+    let view_ready = readiness.flag("presence view");
+    let view = PresenceView::new();
+    let follower = tokio::spawn(follow(
+        view.clone(),
+        store.clone(),
+        view_ready.clone(),
+        shutdown.clone(),
+    ));
+    let http = tokio::spawn(chat_platform::http::serve(
+        listener,
+        ops_router(readiness),
+        shutdown.clone(),
+    ));
+
+    // Reports need the bucket's current contents: a connect is "the user's
+    // first gateway" only if the view knows the others.
+    if !wait_flag(&view_ready, &shutdown).await {
+        return finish(client, http, follower).await;
+    }
+    tracing::info!(ttl_ms = config.ttl.as_millis(), "presence view ready");
+
+    let presence = Presence::new(client.clone(), js, store, view);
+    let reports_sub = client
+        .queue_subscribe(names::PRESENCE_IN_ALL, names::queue::PRESENCE.into())
+        .await
+        .context("presence: subscribe reports")?;
+    let query_sub = client
+        .queue_subscribe(names::svc::PRESENCE_QUERY, names::queue::PRESENCE.into())
+        .await
+        .context("presence: subscribe queries")?;
+    let reports = tokio::spawn(reports::serve(
+        presence.clone(),
+        reports_sub,
+        shutdown.clone(),
+    ));
+    let queries = tokio::spawn(query::serve(
+        presence.clone(),
+        client.clone(),
+        query_sub,
+        shutdown.clone(),
+    ));
+    let expiry = tokio::spawn(expiry::serve(
+        presence,
+        consumer,
+        key_prefix,
+        shutdown.clone(),
+    ));
+    let (r, q, e) = tokio::join!(reports, queries, expiry);
+    for (what, res) in [("reports", r), ("queries", q), ("expiry", e)] {
+        if let Err(err) = res {
+            tracing::error!(error = %err, task = what, "presence task failed");
+        }
+    }
+    finish(client, http, follower).await
+}
+
+/// Flushes and drains NATS, then waits for the HTTP server and the watch.
+async fn finish(
+    client: async_nats::Client,
+    http: tokio::task::JoinHandle<std::io::Result<()>>,
+    follower: tokio::task::JoinHandle<()>,
+) -> anyhow::Result<()> {
+    if let Err(e) = client.flush().await {
+        tracing::warn!(error = %e, "flushing NATS at shutdown failed");
+    }
+    client.drain().await.context("presence: drain NATS")?;
+    follower.await.context("presence: view task")?;
+    http.await
+        .context("presence: HTTP task")?
+        .context("presence: HTTP server")?;
+    tracing::info!("presence stopped");
+    Ok(())
+}
+
+/// Keeps `view` in step with the bucket until shutdown, re-opening the watch
+/// if it ends.
+async fn follow(view: PresenceView, store: kv::Store, ready: Arc<AtomicBool>, shutdown: Shutdown) {
+    while !shutdown.is_cancelled() {
+        let flag = ready.clone();
+        let watched = view.follow(&store, move || flag.store(true, Ordering::Release));
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            res = watched => {
+                if let Err(e) = res {
+                    tracing::warn!(error = %e, "presence watch failed");
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(WATCH_RETRY) => {}
+        }
+    }
+}
+
+/// Waits until `flag` is set (true) or shutdown (false).
+async fn wait_flag(flag: &AtomicBool, shutdown: &Shutdown) -> bool {
+    while !flag.load(Ordering::Acquire) {
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+    true
+}

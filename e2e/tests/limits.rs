@@ -1,0 +1,67 @@
+//! Per-connection limits at their edges: slow consumers, idle timeout.
+
+use chat_e2e::{System, create_room, join_room, send};
+use serde_json::json;
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_with_4009_and_others_get_everything() {
+    let sys = System::start_with(&[
+        ("CHAT_GATEWAY_QUEUE_DEPTH", "8"),
+        ("CHAT_GATEWAY_MAX_TEXT_BYTES", "16384"),
+        ("CHAT_GATEWAY_RATE_PER_SEC", "100000"),
+        ("CHAT_GATEWAY_RATE_BURST", "100000"),
+    ])
+    .await
+    .expect("system");
+    let (mut alice, _) = sys.client("alice").await.expect("alice");
+    let (mut slow, _) = sys.client("slow").await.expect("slow");
+    let (mut carol, _) = sys.client("carol").await.expect("carol");
+    let room = create_room(&mut alice, "busy").await.expect("room");
+    join_room(&mut slow, &room).await.expect("join");
+    join_room(&mut carol, &room).await.expect("join");
+
+    // `slow` reads nothing from here on. 16 KiB messages fill its socket
+    // buffers, then its queue of 8 frames: the gateway must close it rather
+    // than buffer without bound.
+    let big = "s".repeat(16_000);
+    let total = 600;
+    for i in 0..total {
+        let ack = send(&mut alice, &room, &format!("m{i}"), &big).await.expect("ack");
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+
+    // Carol, reading normally, got every message in order.
+    let mut last = 0;
+    let mut n = 0;
+    while n < total {
+        let ev = carol
+            .recv_where(|v| v["type"] == "event" && v["kind"] == "msg")
+            .await
+            .expect("carol receives");
+        let seq = ev["seq"].as_u64().expect("seq");
+        assert!(seq > last, "in order: {seq} after {last}");
+        last = seq;
+        n += 1;
+    }
+
+    let closed = slow.closed().await.expect("slow consumer closed");
+    assert_eq!(closed.code, 4009, "{closed:?}");
+}
+
+#[tokio::test]
+async fn a_silent_client_is_closed_with_4003_after_the_idle_timeout() {
+    let sys = System::start_with(&[("CHAT_GATEWAY_IDLE_TIMEOUT_MS", "400")])
+        .await
+        .expect("system");
+    let (mut quiet, _) = sys.client("quiet").await.expect("client");
+    let (mut chatty, _) = sys.client("chatty").await.expect("client");
+    // Pings keep `chatty` alive past several idle timeouts.
+    for i in 0..6 {
+        chatty.send_json(&json!({"type": "ping", "id": format!("p{i}")})).await.expect("ping");
+        chatty.recv_type("pong").await.expect("pong");
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    }
+    assert_eq!(quiet.closed().await.expect("closed").code, 4003);
+    chatty.send_json(&json!({"type": "ping", "id": "last"})).await.expect("ping");
+    chatty.recv_type("pong").await.expect("still connected");
+}

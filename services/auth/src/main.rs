@@ -1,0 +1,17 @@
+//! The auth service binary: config from the environment, then `run`.
+
+use anyhow::Context as _;
+use chat_auth::{Config, run};
+use chat_platform::config::EnvSource;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let format = std::env::var("CHAT_LOG_FORMAT").unwrap_or_default();
+    chat_platform::telemetry::init(&format);
+    let source = EnvSource::load()?;
+    let config = Config::from_source(&source)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {} (CHAT_AUTH_LISTEN)", config.listen))?;
+    run(config, listener, chat_platform::shutdown::on_signal()).await
+}

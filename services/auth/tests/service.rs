@@ -1,0 +1,174 @@
+//! The whole service over a real socket: `run` with its key file and
+//! database, verified from outside through the published JWKS.
+
+use std::path::Path;
+use std::time::Duration;
+
+use chat_auth::{Config, run};
+use chat_jwt::{DEFAULT_LEEWAY, Verifier};
+use chat_platform::Shutdown;
+use chat_platform::config::MapSource;
+use chat_testkit::within;
+use serde_json::{Value, json};
+
+struct Running {
+    base: String,
+    shutdown: Shutdown,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        within(Duration::from_secs(10), "auth to stop", self.task)
+            .await
+            .expect("task joined")
+            .expect("run returned Ok");
+    }
+}
+
+fn config(dir: &Path, dev_login: bool) -> Config {
+    let src = MapSource::new()
+        .with("CHAT_AUTH_DB", dir.join("auth.db").display().to_string())
+        .with(
+            "CHAT_AUTH_KEY_FILE",
+            dir.join("key.pem").display().to_string(),
+        )
+        .with("CHAT_AUTH_DEV_LOGIN", dev_login.to_string())
+        .with("CHAT_AUTH_LISTEN", "127.0.0.1:0");
+    Config::from_source(&src).expect("config")
+}
+
+async fn start(config: Config) -> Running {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(run(config, listener, shutdown.clone()));
+    let http = reqwest::Client::new();
+    chat_testkit::eventually(Duration::from_secs(10), "auth ready", || {
+        let req = http.get(format!("{base}/readyz"));
+        async move { req.send().await.ok().filter(|r| r.status().is_success()) }
+    })
+    .await;
+    Running {
+        base,
+        shutdown,
+        task,
+    }
+}
+
+async fn login(base: &str, username: &str) -> Value {
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/auth/dev/login"))
+        .json(&json!({ "username": username }))
+        .send()
+        .await
+        .expect("login request");
+    assert_eq!(resp.status(), 200);
+    resp.json().await.expect("login json")
+}
+
+#[tokio::test]
+async fn a_token_from_login_verifies_against_the_jwks_fetched_over_http() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = start(config(dir.path(), true)).await;
+
+    let body = login(&auth.base, "alice").await;
+    let token = body["access_token"].as_str().expect("token");
+    let verifier = Verifier::remote(
+        format!("{}/.well-known/jwks.json", auth.base),
+        "urn:chat:auth",
+        "chat",
+        DEFAULT_LEEWAY,
+    )
+    .expect("verifier");
+    let claims = verifier.verify(token).await.expect("verifies");
+    assert_eq!(
+        claims.user.as_str(),
+        body["user"]["id"].as_str().expect("id")
+    );
+    assert_eq!(claims.name, "alice");
+
+    let me: Value = reqwest::Client::new()
+        .get(format!("{}/auth/me", auth.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("me")
+        .json()
+        .await
+        .expect("me json");
+    assert_eq!(me["id"], body["user"]["id"]);
+
+    let metrics = reqwest::get(format!("{}/metrics", auth.base))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("chat_auth_logins_total"), "{metrics}");
+    auth.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_keeps_the_signing_key_and_the_user_ids() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = start(config(dir.path(), true)).await;
+    let before = login(&first.base, "bob").await;
+    let old_token = before["access_token"].as_str().expect("token").to_string();
+    first.stop().await;
+
+    let second = start(config(dir.path(), true)).await;
+    let after = login(&second.base, "bob").await;
+    assert_eq!(before["user"]["id"], after["user"]["id"]);
+    let me = reqwest::Client::new()
+        .get(format!("{}/auth/me", second.base))
+        .bearer_auth(&old_token)
+        .send()
+        .await
+        .expect("me");
+    assert_eq!(
+        me.status(),
+        200,
+        "a token from before the restart still works"
+    );
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn dev_login_is_not_found_unless_enabled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = start(config(dir.path(), false)).await;
+    let resp = reqwest::Client::new()
+        .post(format!("{}/auth/dev/login", auth.base))
+        .json(&json!({ "username": "alice" }))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 404);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "not_found");
+    auth.stop().await;
+}
+
+#[tokio::test]
+async fn start_fails_clearly_without_a_key_file_when_generation_is_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path(), false);
+    config.generate_key = false;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let err = within(
+        Duration::from_secs(10),
+        "run to fail",
+        run(config, listener, Shutdown::new()),
+    )
+    .await
+    .err()
+    .map(|e| format!("{e:#}"))
+    .unwrap_or_default();
+    assert!(err.contains("CHAT_AUTH_GENERATE_KEY"), "{err}");
+}

@@ -1,0 +1,83 @@
+//! Configuration of the fanout service (`CHAT_FANOUT_*` plus the shared NATS
+//! options), validated at start.
+
+use std::net::SocketAddr;
+
+use chat_platform::config::Common;
+use chat_platform::{ConfigError, Settings, Source};
+
+/// Default listen address of the ops endpoints.
+const DEFAULT_LISTEN: &str = "127.0.0.1:8083";
+/// Default number of room events fetched per pull.
+const DEFAULT_BATCH: usize = 256;
+/// Largest batch accepted: one pull's messages are all pending at once.
+pub const MAX_BATCH: usize = 10_000;
+
+/// Everything the fanout service needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `CHAT_FANOUT_LISTEN`: where `/healthz`, `/readyz` and `/metrics` are
+    /// served (default `127.0.0.1:8083`).
+    pub listen: SocketAddr,
+    /// `CHAT_FANOUT_BATCH`: room events fetched per pull from the durable
+    /// consumer (default 256, 1..=10000). Larger batches mean fewer round
+    /// trips under load; events are still handled one by one, in order.
+    pub batch: usize,
+    /// NATS connection and resource management options.
+    pub common: Common,
+}
+
+impl Config {
+    /// Reads and validates every option; errors name the offending option.
+    pub fn from_source(src: &dyn Source) -> Result<Config, ConfigError> {
+        let s = Settings::new(src);
+        let listen = s.parse(
+            "CHAT_FANOUT_LISTEN",
+            DEFAULT_LISTEN
+                .parse::<SocketAddr>()
+                .map_err(|e| ConfigError::Invalid {
+                    key: "CHAT_FANOUT_LISTEN".into(),
+                    value: DEFAULT_LISTEN.into(),
+                    reason: e.to_string(),
+                })?,
+        )?;
+        let batch = s.at_least("CHAT_FANOUT_BATCH", DEFAULT_BATCH, 1)?;
+        if batch > MAX_BATCH {
+            return Err(ConfigError::Invalid {
+                key: "CHAT_FANOUT_BATCH".into(),
+                value: batch.to_string(),
+                reason: format!("must be at most {MAX_BATCH}"),
+            });
+        }
+        Ok(Config {
+            listen,
+            batch,
+            common: Common::from_settings(&s)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat_platform::config::MapSource;
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let c = Config::from_source(&MapSource::new()).expect("defaults are valid");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8083");
+        assert_eq!(c.batch, 256);
+    }
+
+    #[test]
+    fn a_zero_or_huge_batch_is_rejected_naming_the_option() {
+        for bad in ["0", "10001", "many"] {
+            let src = MapSource::new().with("CHAT_FANOUT_BATCH", bad);
+            let err = Config::from_source(&src).expect_err("invalid batch");
+            assert!(
+                err.to_string().contains("CHAT_FANOUT_BATCH"),
+                "{bad}: {err}"
+            );
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! The room pipeline: the durable `fanout` consumer on the room stream.
+//! Within one instance events are handled strictly in stream order, one by
+//! one, each acked after its deliveries were published.
+//!
+//! Several instances share the consumer, so two events of one room may be
+//! handled by different instances and published out of order; partitioning
+//! the consumer by room will fix that later.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::{AckKind, Message};
+use chat_core::events::{EventBody, MemberOp, MembershipChange, RoomEvent};
+use chat_core::wire::ServerFrame;
+use chat_core::{SCHEMA_VERSION, UserId};
+use chat_platform::Shutdown;
+use futures::StreamExt;
+use tracing::instrument;
+
+use crate::Fanout;
+use crate::plan::{self, Context};
+
+/// How long one pull waits for events before the next pull.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// First retry delay after a failure; doubles per delivery attempt.
+const BACKOFF_BASE: Duration = Duration::from_millis(200);
+/// Longest retry delay.
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// At shutdown, how long to wait for more already-sent messages to nak.
+const SHUTDOWN_NAK_WAIT: Duration = Duration::from_millis(50);
+
+/// What to do with a message after handling it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Delivered: ack.
+    Done,
+    /// Never deliverable (unparseable, unknown version): terminate.
+    Poison,
+    /// A dependency failed: try again after a backoff.
+    Retry,
+}
+
+/// Pulls and handles room events until shutdown.
+pub async fn serve(fanout: Fanout, consumer: PullConsumer, batch_size: usize, shutdown: Shutdown) {
+    while !shutdown.is_cancelled() {
+        let pulled = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            b = consumer.batch().max_messages(batch_size).expires(PULL_EXPIRES).messages() => b,
+        };
+        let mut batch = match pulled {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "pulling room events failed");
+                pause(&shutdown, BACKOFF_BASE).await;
+                continue;
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => {
+                    nak_rest(&mut batch).await;
+                    return;
+                }
+                m = batch.next() => m,
+            };
+            let Some(msg) = next else { break };
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "room event pull error");
+                    continue;
+                }
+            };
+            if !process(&fanout, &msg, &shutdown).await {
+                nak_rest(&mut batch).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Handles one message to the end: ack, term, or — when a dependency fails —
+/// retry it here with backoff, keeping it in progress, so no later event
+/// overtakes it (a nak would let the open pull hand out later events first).
+/// Returns false when shutdown interrupted it (it is then nak'd for another
+/// instance).
+async fn process(fanout: &Fanout, msg: &Message, shutdown: &Shutdown) -> bool {
+    let mut attempt = 0u32;
+    loop {
+        match handle(fanout, msg).await {
+            Outcome::Done => {
+                ack(msg, AckKind::Ack).await;
+                return true;
+            }
+            Outcome::Poison => {
+                ack(msg, AckKind::Term).await;
+                return true;
+            }
+            Outcome::Retry => {
+                let delay = backoff(attempt);
+                attempt = attempt.saturating_add(1);
+                metrics::counter!("chat_fanout_retries_total").increment(1);
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        ack(msg, AckKind::Nak(None)).await;
+                        return false;
+                    }
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                // Keep JetStream from redelivering it elsewhere meanwhile.
+                ack(msg, AckKind::Progress).await;
+            }
+        }
+    }
+}
+
+/// Handles one room event: recipients, one encoded frame, one delivery per
+/// gateway.
+#[instrument(skip_all, fields(room, seq))]
+async fn handle(fanout: &Fanout, msg: &Message) -> Outcome {
+    let ev: RoomEvent = match serde_json::from_slice(&msg.payload) {
+        Ok(ev) => ev,
+        Err(e) => {
+            metrics::counter!("chat_fanout_malformed_total").increment(1);
+            tracing::warn!(error = %e, subject = %msg.subject, "unparseable room event; terminated");
+            return Outcome::Poison;
+        }
+    };
+    let span = tracing::Span::current();
+    span.record("room", tracing::field::display(&ev.room));
+    span.record("seq", ev.seq);
+    if ev.v != SCHEMA_VERSION {
+        metrics::counter!("chat_fanout_malformed_total").increment(1);
+        tracing::warn!(v = ev.v, "room event of unknown schema version; terminated");
+        return Outcome::Poison;
+    }
+    let members = match fanout.members.members(&ev.room).await {
+        Ok(m) => m,
+        Err(e) => {
+            metrics::counter!("chat_fanout_history_errors_total").increment(1);
+            tracing::warn!(error = %e, "room members unavailable; will retry");
+            return Outcome::Retry;
+        }
+    };
+    let (recipients, membership) = recipients(fanout, &ev, members);
+    let frame = match serde_json::to_string(&ServerFrame::Event(ev.clone())) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(error = %e, "room event frame not encodable; terminated");
+            return Outcome::Poison;
+        }
+    };
+    let ctx = Context {
+        room: Some(ev.room.clone()),
+        seq: Some(ev.seq),
+        membership,
+    };
+    let out = plan::deliveries(&fanout.view, &recipients, &frame, &ctx);
+    if let Err(e) = fanout.publish(out).await {
+        tracing::warn!(error = %e, "delivery publish failed; will retry");
+        return Outcome::Retry;
+    }
+    metrics::counter!("chat_fanout_events_total").increment(1);
+    Outcome::Done
+}
+
+/// Who receives `ev`, applying membership events to the cache in stream
+/// order: a joiner receives its own join, a leaver its own leave.
+fn recipients(
+    fanout: &Fanout,
+    ev: &RoomEvent,
+    mut members: BTreeSet<UserId>,
+) -> (BTreeSet<UserId>, Option<MembershipChange>) {
+    match &ev.body {
+        EventBody::Msg { .. } => (members, None),
+        EventBody::Member { user, op } => {
+            match op {
+                MemberOp::Join => fanout.members.joined(&ev.room, user),
+                MemberOp::Leave => fanout.members.left(&ev.room, user),
+            }
+            members.insert(user.clone());
+            let change = MembershipChange {
+                room: ev.room.clone(),
+                user: user.clone(),
+                op: *op,
+            };
+            (members, Some(change))
+        }
+    }
+}
+
+/// Exponential backoff by retry attempt (0-based), capped.
+fn backoff(attempt: u32) -> Duration {
+    BACKOFF_BASE
+        .saturating_mul(2u32.saturating_pow(attempt.min(16)))
+        .min(BACKOFF_MAX)
+}
+
+async fn ack(msg: &Message, kind: AckKind) {
+    if let Err(e) = msg.ack_with(kind).await {
+        tracing::warn!(error = %e, subject = %msg.subject, "ack failed");
+    }
+}
+
+/// At shutdown: hands back messages of the batch that already arrived, so
+/// another instance takes them now rather than after the ack wait.
+async fn nak_rest(batch: &mut async_nats::jetstream::consumer::pull::Batch) {
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(SHUTDOWN_NAK_WAIT, batch.next()).await {
+        ack(&msg, AckKind::Nak(None)).await;
+    }
+}
+
+async fn pause(shutdown: &Shutdown, d: Duration) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(d) => {}
+    }
+}

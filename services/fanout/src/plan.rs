@@ -1,0 +1,75 @@
+//! Turning one frame and its recipients into one delivery per gateway.
+
+use std::collections::BTreeSet;
+
+use chat_core::events::{Delivery, MembershipChange};
+use chat_core::{GatewayId, RoomId, SCHEMA_VERSION, UserId};
+use chat_stream::PresenceView;
+
+/// Where a room event sits, copied onto each of its deliveries.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    pub room: Option<RoomId>,
+    pub seq: Option<u64>,
+    pub membership: Option<MembershipChange>,
+}
+
+/// One delivery per gateway holding at least one online recipient; offline
+/// recipients are skipped (they catch up from history). Gateways come out
+/// sorted, users within a delivery sorted, so the result is deterministic.
+pub fn deliveries(
+    view: &PresenceView,
+    recipients: &BTreeSet<UserId>,
+    frame: &str,
+    ctx: &Context,
+) -> Vec<(GatewayId, Delivery)> {
+    let users: Vec<UserId> = recipients.iter().cloned().collect();
+    let mut groups: Vec<_> = view.group_by_gateway(&users).into_iter().collect();
+    groups.sort_by(|a, b| a.0.cmp(&b.0));
+    groups
+        .into_iter()
+        .map(|(gw, mut users)| {
+            users.sort();
+            let delivery = Delivery {
+                v: SCHEMA_VERSION,
+                users,
+                frame: frame.to_string(),
+                room: ctx.room.clone(),
+                seq: ctx.seq,
+                membership: ctx.membership.clone(),
+            };
+            (gw, delivery)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_nats::jetstream::kv::Operation;
+
+    fn u(s: &str) -> UserId {
+        UserId::parse(s).expect("valid id")
+    }
+
+    #[test]
+    fn recipients_are_grouped_by_gateway_and_offline_ones_skipped() {
+        let view = PresenceView::new();
+        view.apply("bob.g1", 1, Operation::Put);
+        view.apply("alice.g1", 2, Operation::Put);
+        view.apply("alice.g2", 3, Operation::Put);
+        let recipients: BTreeSet<_> = [u("alice"), u("bob"), u("carol")].into();
+        let out = deliveries(&view, &recipients, "{}", &Context::default());
+        let got: Vec<(String, Vec<UserId>)> = out
+            .into_iter()
+            .map(|(g, d)| (g.to_string(), d.users))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("g1".to_string(), vec![u("alice"), u("bob")]),
+                ("g2".to_string(), vec![u("alice")]),
+            ]
+        );
+    }
+}

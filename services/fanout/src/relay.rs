@@ -1,0 +1,89 @@
+//! The presence relay: `presence.user.*` (queue group `fanout`) turned into
+//! `presence` frames for the user's co-members, one delivery per gateway.
+
+use std::collections::BTreeSet;
+
+use chat_core::events::PresenceChange;
+use chat_core::wire::ServerFrame;
+use chat_core::{SCHEMA_VERSION, UserId};
+use chat_platform::Shutdown;
+use futures::StreamExt;
+use tracing::instrument;
+
+use crate::Fanout;
+use crate::members::HistoryError;
+use crate::plan::{self, Context};
+
+/// Relays changes until shutdown, then drains the subscription.
+pub async fn serve(fanout: Fanout, mut sub: async_nats::Subscriber, shutdown: Shutdown) {
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled(), if !draining => {
+                draining = true;
+                if let Err(e) = sub.drain().await {
+                    tracing::warn!(error = %e, "draining presence relay failed");
+                    break;
+                }
+            }
+            msg = sub.next() => match msg {
+                Some(msg) => relay(&fanout, &msg.payload).await,
+                None => break,
+            },
+        }
+    }
+}
+
+/// `presence.user.<user_id>`: tells every online co-member.
+#[instrument(skip_all, fields(user))]
+async fn relay(fanout: &Fanout, payload: &[u8]) {
+    let change: PresenceChange = match serde_json::from_slice(payload) {
+        Ok(c) => c,
+        Err(e) => {
+            metrics::counter!("chat_fanout_malformed_total").increment(1);
+            tracing::warn!(error = %e, "unreadable presence change");
+            return;
+        }
+    };
+    tracing::Span::current().record("user", tracing::field::display(&change.user));
+    if change.v != SCHEMA_VERSION {
+        metrics::counter!("chat_fanout_malformed_total").increment(1);
+        tracing::warn!(v = change.v, "presence change of unknown schema version");
+        return;
+    }
+    let co_members = match co_members(fanout, &change.user).await {
+        Ok(m) => m,
+        Err(e) => {
+            // Core NATS has no redelivery; clients refresh presence on
+            // reconnect, so a lost relay heals.
+            metrics::counter!("chat_fanout_history_errors_total").increment(1);
+            tracing::warn!(error = %e, "co-members unavailable; presence change not relayed");
+            return;
+        }
+    };
+    let frame = match serde_json::to_string(&ServerFrame::Presence {
+        user: change.user.clone(),
+        status: change.status,
+    }) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(error = %e, "presence frame not encodable");
+            return;
+        }
+    };
+    let out = plan::deliveries(&fanout.view, &co_members, &frame, &Context::default());
+    match fanout.publish(out).await {
+        Ok(()) => metrics::counter!("chat_fanout_presence_relays_total").increment(1),
+        Err(e) => tracing::warn!(error = %e, "presence delivery publish failed"),
+    }
+}
+
+/// Members of every room of `user`, without `user`.
+async fn co_members(fanout: &Fanout, user: &UserId) -> Result<BTreeSet<UserId>, HistoryError> {
+    let mut out = BTreeSet::new();
+    for room in fanout.history.user_rooms(user).await? {
+        out.extend(fanout.members.members(&room).await?);
+    }
+    out.remove(user);
+    Ok(out)
+}

@@ -1,0 +1,264 @@
+//! Client requests after authentication: each frame type is handled here and
+//! answered with exactly one frame (its result or an error).
+
+use chat_core::events::{EventBody, MemberOp};
+use chat_core::names::svc as subjects;
+use chat_core::svc::{self, ErrorCode, SvcError};
+use chat_core::wire::{ClientFrame, MAX_REQUEST_ID_LEN, ServerFrame};
+use chat_core::{ClientMsgId, RoomId, SCHEMA_VERSION, UserId};
+
+use crate::error::GatewayError;
+use crate::state::AppState;
+
+/// Default page size of `history` when the client gives none.
+const DEFAULT_PAGE: u32 = 50;
+/// Longest room name.
+const MAX_ROOM_NAME: usize = 100;
+
+/// Best-effort request id of a frame that could not be processed, so the
+/// error can name the request it answers.
+pub fn request_id(text: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    v.get("id")?
+        .as_str()
+        .filter(|s| s.len() <= MAX_REQUEST_ID_LEN)
+        .map(str::to_string)
+}
+
+/// Handles one text frame from an authenticated client.
+#[tracing::instrument(skip_all)]
+pub async fn handle(st: &AppState, user: &UserId, text: &str) -> ServerFrame {
+    let frame: ClientFrame = match serde_json::from_str(text) {
+        Ok(f) => f,
+        Err(e) => return parse_error(text, &e),
+    };
+    let id = match &frame {
+        ClientFrame::Send { id, .. } => Some(id.to_string()),
+        ClientFrame::RoomCreate { id, .. }
+        | ClientFrame::RoomJoin { id, .. }
+        | ClientFrame::RoomLeave { id, .. }
+        | ClientFrame::History { id, .. }
+        | ClientFrame::Ping { id } => id.clone(),
+        ClientFrame::Hello { .. } => None,
+    };
+    if id.as_ref().is_some_and(|i| i.len() > MAX_REQUEST_ID_LEN) {
+        return GatewayError::BadRequest(format!("id is longer than {MAX_REQUEST_ID_LEN} characters"))
+            .frame(None);
+    }
+    let result = match frame {
+        ClientFrame::Hello { .. } => Err(GatewayError::BadRequest("already authenticated".into())),
+        ClientFrame::Ping { id } => Ok(ServerFrame::Pong { id }),
+        ClientFrame::Send { id, room, text } => send(st, user, id, room, text).await,
+        ClientFrame::RoomCreate { id, name } => create(st, user, id, name).await,
+        ClientFrame::RoomJoin { id, room } => membership(st, user, id, room, MemberOp::Join).await,
+        ClientFrame::RoomLeave { id, room } => membership(st, user, id, room, MemberOp::Leave).await,
+        ClientFrame::History {
+            id,
+            room,
+            before,
+            after,
+            limit,
+        } => history(st, user, id, room, before, after, limit).await,
+    };
+    result.unwrap_or_else(|e| {
+        if matches!(e, GatewayError::Unexpected(_) | GatewayError::Unavailable(_)) {
+            tracing::warn!(error = %e, "request failed");
+        }
+        metrics::counter!("chat_gateway_request_errors_total", "code" => e.code().as_str()).increment(1);
+        e.frame(id)
+    })
+}
+
+/// Tells apart "not JSON / missing fields" from "unknown type".
+fn parse_error(text: &str, e: &serde_json::Error) -> ServerFrame {
+    let id = request_id(text);
+    let value: Option<serde_json::Value> = serde_json::from_str(text).ok();
+    let ty = value
+        .as_ref()
+        .and_then(|v| v.get("type"))
+        .and_then(|t| t.as_str())
+        .map(str::to_string);
+    let known = [
+        "hello",
+        "room.create",
+        "room.join",
+        "room.leave",
+        "send",
+        "history",
+        "ping",
+    ];
+    let (code, message) = match (value, ty) {
+        (Some(_), Some(t)) if !known.contains(&t.as_str()) => {
+            (ErrorCode::UnknownType, format!("unknown frame type {t:?}"))
+        }
+        (Some(_), _) => (ErrorCode::Malformed, format!("invalid frame: {e}")),
+        (None, _) => (ErrorCode::Malformed, format!("frame is not valid JSON: {e}")),
+    };
+    metrics::counter!("chat_gateway_request_errors_total", "code" => code.as_str()).increment(1);
+    ServerFrame::Error { id, code, message }
+}
+
+async fn send(
+    st: &AppState,
+    user: &UserId,
+    id: ClientMsgId,
+    room: RoomId,
+    text: String,
+) -> Result<ServerFrame, GatewayError> {
+    let max = st.config.limits.max_text_bytes;
+    if text.len() > max {
+        return Err(GatewayError::TextTooLarge {
+            len: text.len(),
+            max,
+        });
+    }
+    if text.trim().is_empty() {
+        return Err(GatewayError::BadRequest("text must not be empty".into()));
+    }
+    if !st.registry.is_member(user, &room) {
+        return Err(GatewayError::NotMember(room.to_string()));
+    }
+    // Scoped by room and sender, so two users (or rooms) may reuse ids.
+    let dedup = format!("{room}.{user}.{id}");
+    let appended = st
+        .log
+        .append(
+            &room,
+            user,
+            EventBody::Msg {
+                cmid: id.clone(),
+                text: text.clone(),
+            },
+            Some(&dedup),
+        )
+        .await
+        .map_err(|e| GatewayError::Unavailable(e.to_string()))?;
+    if appended.duplicate {
+        let same = appended.event.from == *user
+            && matches!(&appended.event.body, EventBody::Msg { cmid, text: t } if *cmid == id && *t == text);
+        if !same {
+            return Err(GatewayError::IdConflict(id.to_string()));
+        }
+        metrics::counter!("chat_gateway_duplicate_sends_total").increment(1);
+    } else {
+        metrics::counter!("chat_gateway_messages_sent_total").increment(1);
+    }
+    Ok(ServerFrame::Ack {
+        id,
+        room,
+        seq: appended.event.seq,
+        ts: appended.event.ts,
+        duplicate: appended.duplicate,
+    })
+}
+
+async fn create(
+    st: &AppState,
+    user: &UserId,
+    id: Option<String>,
+    name: String,
+) -> Result<ServerFrame, GatewayError> {
+    let trimmed = name.trim();
+    if trimmed.is_empty() || trimmed.chars().count() > MAX_ROOM_NAME {
+        return Err(GatewayError::BadRequest(format!(
+            "room name must be 1 to {MAX_ROOM_NAME} characters"
+        )));
+    }
+    let reply: svc::MembershipReply = st
+        .request(
+            subjects::HISTORY_ROOM_CREATE,
+            &svc::RoomCreate {
+                v: SCHEMA_VERSION,
+                by: user.clone(),
+                name: trimmed.to_string(),
+            },
+        )
+        .await?;
+    st.registry.set_member(user, &reply.room.id, MemberOp::Join);
+    Ok(ServerFrame::RoomCreated {
+        id,
+        room: reply.room,
+        seq: reply.seq,
+    })
+}
+
+async fn membership(
+    st: &AppState,
+    user: &UserId,
+    id: Option<String>,
+    room: RoomId,
+    op: MemberOp,
+) -> Result<ServerFrame, GatewayError> {
+    let subject = match op {
+        MemberOp::Join => subjects::HISTORY_ROOM_JOIN,
+        MemberOp::Leave => subjects::HISTORY_ROOM_LEAVE,
+    };
+    let reply: svc::MembershipReply = st
+        .request(
+            subject,
+            &svc::Membership {
+                v: SCHEMA_VERSION,
+                room: room.clone(),
+                user: user.clone(),
+            },
+        )
+        .await?;
+    st.registry.set_member(user, &room, op);
+    Ok(match op {
+        MemberOp::Join => ServerFrame::RoomJoined {
+            id,
+            room: reply.room,
+            seq: reply.seq,
+        },
+        MemberOp::Leave => ServerFrame::RoomLeft {
+            id,
+            room: reply.room,
+            seq: reply.seq,
+        },
+    })
+}
+
+async fn history(
+    st: &AppState,
+    user: &UserId,
+    id: Option<String>,
+    room: RoomId,
+    before: Option<u64>,
+    after: Option<u64>,
+    limit: Option<u32>,
+) -> Result<ServerFrame, GatewayError> {
+    if !st.registry.is_member(user, &room) {
+        return Err(GatewayError::NotMember(room.to_string()));
+    }
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > svc::MAX_PAGE_LIMIT {
+        return Err(GatewayError::BadRequest(format!(
+            "limit must be 1 to {}",
+            svc::MAX_PAGE_LIMIT
+        )));
+    }
+    let page: svc::Page = st
+        .request(
+            subjects::HISTORY_PAGE,
+            &svc::PageQuery {
+                v: SCHEMA_VERSION,
+                room: room.clone(),
+                before,
+                after,
+                limit,
+            },
+        )
+        .await?;
+    Ok(ServerFrame::History {
+        id,
+        room,
+        events: page.events,
+        more: page.more,
+    })
+}
+
+impl From<SvcError> for GatewayError {
+    fn from(e: SvcError) -> Self {
+        GatewayError::Service(e)
+    }
+}

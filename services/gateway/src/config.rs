@@ -1,0 +1,162 @@
+//! Gateway configuration (`CHAT_GATEWAY_*`), validated at start.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chat_core::GatewayId;
+use chat_core::wire::Limits as WireLimits;
+use chat_platform::config::{Common, ConfigError, Settings, Source};
+
+/// Per-connection limits. Each is announced to clients in `welcome`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// `CHAT_GATEWAY_MAX_FRAME_BYTES` (65536): largest WebSocket message
+    /// accepted; a larger one closes the connection with 1009.
+    pub max_frame_bytes: usize,
+    /// `CHAT_GATEWAY_MAX_TEXT_BYTES` (4096): largest message text (UTF-8
+    /// bytes); a larger one gets a `too_large` error and is not stored.
+    pub max_text_bytes: usize,
+    /// `CHAT_GATEWAY_RATE_PER_SEC` (20): sustained frames per second per
+    /// connection; frames beyond it get a `rate_limited` error and are dropped.
+    pub rate_per_sec: u32,
+    /// `CHAT_GATEWAY_RATE_BURST` (40): frames a connection may send at once.
+    pub rate_burst: u32,
+    /// `CHAT_GATEWAY_QUEUE_DEPTH` (256): frames queued for one connection; on
+    /// overflow it is closed with 4009 (slow consumer).
+    pub queue_depth: usize,
+    /// `CHAT_GATEWAY_AUTH_TIMEOUT_MS` (10000): time to send `hello`; 4002 after.
+    pub auth_timeout: Duration,
+    /// `CHAT_GATEWAY_IDLE_TIMEOUT_MS` (60000): time without any frame from the
+    /// client; 4003 after. Clients send `ping` to stay connected.
+    pub idle_timeout: Duration,
+    /// `CHAT_GATEWAY_MAX_CONNECTIONS` (10000): connections per gateway process;
+    /// upgrades beyond it get HTTP 503.
+    pub max_connections: usize,
+}
+
+impl Limits {
+    /// What `welcome` tells the client.
+    pub fn wire(&self) -> WireLimits {
+        WireLimits {
+            max_frame_bytes: self.max_frame_bytes,
+            max_text_bytes: self.max_text_bytes,
+            msgs_per_sec: self.rate_per_sec,
+            burst: self.rate_burst,
+            idle_timeout_ms: u64::try_from(self.idle_timeout.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// Gateway settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `CHAT_GATEWAY_LISTEN` (127.0.0.1:8080): HTTP/WebSocket address.
+    pub listen: SocketAddr,
+    /// `CHAT_GATEWAY_ID` (random per start): this process's gateway id.
+    pub gateway_id: GatewayId,
+    /// `CHAT_GATEWAY_JWKS_URL` (http://127.0.0.1:8081/.well-known/jwks.json).
+    pub jwks_url: String,
+    /// `CHAT_GATEWAY_TOKEN_ISSUER` (urn:chat:auth): required `iss` of tokens.
+    pub token_issuer: String,
+    /// `CHAT_GATEWAY_TOKEN_AUDIENCE` (chat): required `aud` of tokens.
+    pub token_audience: String,
+    /// `CHAT_GATEWAY_TOKEN_LEEWAY_MS` (5000): clock skew tolerated on `exp`.
+    pub token_leeway: Duration,
+    /// `CHAT_GATEWAY_AUTH_UPSTREAM` (unset): when set, `/auth/*` and
+    /// `/.well-known/jwks.json` are forwarded to this base URL, so a browser
+    /// needs only the gateway's origin.
+    pub auth_upstream: Option<String>,
+    /// `CHAT_GATEWAY_ALLOWED_ORIGINS` (empty): browser origins allowed to open
+    /// WebSockets, comma-separated; `*` allows any. When empty, only the
+    /// gateway's own origin (same host) is allowed. Requests without `Origin`
+    /// (non-browser clients) are always allowed.
+    pub allowed_origins: Vec<String>,
+    /// `CHAT_GATEWAY_HEARTBEAT_MS` (10000): presence heartbeat interval; must
+    /// be well below the presence TTL.
+    pub heartbeat: Duration,
+    /// `CHAT_GATEWAY_REQUEST_TIMEOUT_MS` (5000): NATS request/reply timeout.
+    pub request_timeout: Duration,
+    /// `CHAT_GATEWAY_SHUTDOWN_GRACE_MS` (10000): how long shutdown waits for
+    /// sessions to close.
+    pub shutdown_grace: Duration,
+    /// Per-connection limits.
+    pub limits: Limits,
+    /// NATS and stream settings shared by all services.
+    pub common: Common,
+}
+
+impl Config {
+    /// Reads and validates every option.
+    pub fn from_source(src: &dyn Source) -> Result<Self, ConfigError> {
+        let s = Settings::new(src);
+        let listen = s.parse("CHAT_GATEWAY_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8080)))?;
+        let gateway_id = match s.parse_opt::<GatewayId>("CHAT_GATEWAY_ID")? {
+            Some(id) => id,
+            None => GatewayId::generate(),
+        };
+        let limits = Limits {
+            max_frame_bytes: s.at_least("CHAT_GATEWAY_MAX_FRAME_BYTES", 65536usize, 256)?,
+            max_text_bytes: s.at_least("CHAT_GATEWAY_MAX_TEXT_BYTES", 4096usize, 1)?,
+            rate_per_sec: s.at_least("CHAT_GATEWAY_RATE_PER_SEC", 20u32, 1)?,
+            rate_burst: s.at_least("CHAT_GATEWAY_RATE_BURST", 40u32, 1)?,
+            queue_depth: s.at_least("CHAT_GATEWAY_QUEUE_DEPTH", 256usize, 1)?,
+            auth_timeout: s.millis("CHAT_GATEWAY_AUTH_TIMEOUT_MS", Duration::from_secs(10))?,
+            idle_timeout: s.millis("CHAT_GATEWAY_IDLE_TIMEOUT_MS", Duration::from_secs(60))?,
+            max_connections: s.at_least("CHAT_GATEWAY_MAX_CONNECTIONS", 10_000usize, 1)?,
+        };
+        if limits.max_text_bytes >= limits.max_frame_bytes {
+            return Err(ConfigError::Invalid {
+                key: "CHAT_GATEWAY_MAX_TEXT_BYTES".into(),
+                value: limits.max_text_bytes.to_string(),
+                reason: "must be smaller than CHAT_GATEWAY_MAX_FRAME_BYTES".into(),
+            });
+        }
+        Ok(Self {
+            listen,
+            gateway_id,
+            jwks_url: s.string(
+                "CHAT_GATEWAY_JWKS_URL",
+                "http://127.0.0.1:8081/.well-known/jwks.json",
+            ),
+            token_issuer: s.string("CHAT_GATEWAY_TOKEN_ISSUER", "urn:chat:auth"),
+            token_audience: s.string("CHAT_GATEWAY_TOKEN_AUDIENCE", "chat"),
+            token_leeway: Duration::from_millis(s.parse("CHAT_GATEWAY_TOKEN_LEEWAY_MS", 5000u64)?),
+            auth_upstream: s.raw("CHAT_GATEWAY_AUTH_UPSTREAM").map(|u| u.trim_end_matches('/').to_string()),
+            allowed_origins: s.list("CHAT_GATEWAY_ALLOWED_ORIGINS"),
+            heartbeat: s.millis("CHAT_GATEWAY_HEARTBEAT_MS", Duration::from_secs(10))?,
+            request_timeout: s.millis("CHAT_GATEWAY_REQUEST_TIMEOUT_MS", Duration::from_secs(5))?,
+            shutdown_grace: s.millis("CHAT_GATEWAY_SHUTDOWN_GRACE_MS", Duration::from_secs(10))?,
+            limits,
+            common: Common::from_settings(&s)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat_platform::config::MapSource;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::from_source(&MapSource::new()).expect("defaults");
+        assert_eq!(c.limits.max_frame_bytes, 65536);
+        assert!(c.allowed_origins.is_empty());
+    }
+
+    #[test]
+    fn text_limit_must_fit_in_a_frame() {
+        let src = MapSource::new()
+            .with("CHAT_GATEWAY_MAX_FRAME_BYTES", "1000")
+            .with("CHAT_GATEWAY_MAX_TEXT_BYTES", "1000");
+        let err = Config::from_source(&src).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("CHAT_GATEWAY_MAX_TEXT_BYTES")));
+    }
+
+    #[test]
+    fn a_bad_gateway_id_names_the_option() {
+        let src = MapSource::new().with("CHAT_GATEWAY_ID", "has.dot");
+        let err = Config::from_source(&src).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("CHAT_GATEWAY_ID")));
+    }
+}

@@ -1,0 +1,14 @@
+//! `chat-gateway`: reads config, binds, runs until SIGTERM/ctrl-c.
+
+use anyhow::Context;
+use chat_platform::config::EnvSource;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    chat_platform::telemetry::init(&std::env::var("CHAT_LOG_FORMAT").unwrap_or_default());
+    let config = chat_gateway::Config::from_source(&EnvSource::load()?)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("bind CHAT_GATEWAY_LISTEN={}", config.listen))?;
+    chat_gateway::run(config, listener, chat_platform::shutdown::on_signal()).await
+}

@@ -1,0 +1,181 @@
+//! Who is connected to this gateway: user → sessions (each with its bounded
+//! outbound queue) and the rooms the user belongs to. Deliveries and
+//! presence reports go through here.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::extract::ws::Utf8Bytes;
+use chat_core::events::{Delivery, MemberOp};
+use chat_core::{RoomId, UserId};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Identifies one connection within this process.
+pub type SessionId = u64;
+
+/// Why the server ends a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason {
+    pub code: u16,
+    pub reason: String,
+}
+
+/// The part of a session other tasks may touch.
+#[derive(Clone)]
+pub struct SessionHandle {
+    /// Frames to write; bounded by the queue depth.
+    pub tx: mpsc::Sender<Utf8Bytes>,
+    /// Cancelled to close the session; the reason is in `close_reason`.
+    pub kill: CancellationToken,
+    pub close_reason: Arc<Mutex<Option<CloseReason>>>,
+}
+
+impl SessionHandle {
+    /// Asks the session to close with `code`; the first reason wins.
+    pub fn close(&self, code: u16, reason: &str) {
+        let mut r = lock(&self.close_reason);
+        if r.is_none() {
+            *r = Some(CloseReason {
+                code,
+                reason: reason.to_string(),
+            });
+        }
+        drop(r);
+        self.kill.cancel();
+    }
+
+    /// Queues a frame; on a full queue the session is closed as a slow consumer.
+    pub fn push(&self, frame: Utf8Bytes) -> bool {
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!("chat_gateway_slow_consumer_closes_total").increment(1);
+                self.close(
+                    chat_core::wire::close::SLOW_CONSUMER,
+                    "outbound queue full: reconnect and resume",
+                );
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+#[derive(Default)]
+struct UserEntry {
+    sessions: HashMap<SessionId, SessionHandle>,
+    rooms: HashSet<RoomId>,
+}
+
+/// Connected users of this gateway.
+#[derive(Clone, Default)]
+pub struct Registry {
+    inner: Arc<Mutex<HashMap<UserId, UserEntry>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+impl Registry {
+    /// Adds a session; returns true when it is the user's first on this gateway.
+    pub fn add(&self, user: &UserId, id: SessionId, handle: SessionHandle, rooms: Vec<RoomId>) -> bool {
+        let mut map = lock(&self.inner);
+        let entry = map.entry(user.clone()).or_default();
+        let first = entry.sessions.is_empty();
+        entry.sessions.insert(id, handle);
+        entry.rooms.extend(rooms);
+        first
+    }
+
+    /// Removes a session; returns true when it was the user's last.
+    pub fn remove(&self, user: &UserId, id: SessionId) -> bool {
+        let mut map = lock(&self.inner);
+        let Some(entry) = map.get_mut(user) else {
+            return false;
+        };
+        entry.sessions.remove(&id);
+        if entry.sessions.is_empty() {
+            map.remove(user);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether `user` is a member of `room` as far as this gateway knows.
+    pub fn is_member(&self, user: &UserId, room: &RoomId) -> bool {
+        lock(&self.inner)
+            .get(user)
+            .is_some_and(|e| e.rooms.contains(room))
+    }
+
+    /// Records a membership change of a connected user.
+    pub fn set_member(&self, user: &UserId, room: &RoomId, op: MemberOp) {
+        if let Some(e) = lock(&self.inner).get_mut(user) {
+            match op {
+                MemberOp::Join => {
+                    e.rooms.insert(room.clone());
+                }
+                MemberOp::Leave => {
+                    e.rooms.remove(room);
+                }
+            }
+        }
+    }
+
+    /// Every connected user (for presence heartbeats).
+    pub fn users(&self) -> Vec<UserId> {
+        lock(&self.inner).keys().cloned().collect()
+    }
+
+    /// Every session (for shutdown).
+    pub fn sessions(&self) -> Vec<SessionHandle> {
+        lock(&self.inner)
+            .values()
+            .flat_map(|e| e.sessions.values().cloned())
+            .collect()
+    }
+
+    /// Number of open sessions.
+    pub fn session_count(&self) -> usize {
+        lock(&self.inner).values().map(|e| e.sessions.len()).sum()
+    }
+
+    /// Writes a delivery's frame to every session of its users. The frame is
+    /// shared, not copied, per session. Returns the number of frames queued.
+    pub fn deliver(&self, d: Delivery) -> usize {
+        let frame = Utf8Bytes::from(d.frame);
+        let mut targets = Vec::new();
+        {
+            let mut map = lock(&self.inner);
+            for user in &d.users {
+                let Some(entry) = map.get_mut(user) else {
+                    continue;
+                };
+                if let Some(m) = &d.membership
+                    && &m.user == user
+                {
+                    match m.op {
+                        MemberOp::Join => {
+                            entry.rooms.insert(m.room.clone());
+                        }
+                        MemberOp::Leave => {
+                            entry.rooms.remove(&m.room);
+                        }
+                    }
+                }
+                targets.extend(entry.sessions.values().cloned());
+            }
+        }
+        // Push outside the lock: closing a slow session must not block others.
+        targets
+            .into_iter()
+            .filter(|s| s.push(frame.clone()))
+            .count()
+    }
+}

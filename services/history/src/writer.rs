@@ -1,0 +1,186 @@
+//! The writer: drains the room stream's `history` durable consumer into the
+//! store, one store call per batch, acking only after the write succeeded.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::{AckKind, Message};
+use chat_core::events::RoomEvent;
+use chat_core::names;
+use chat_platform::Shutdown;
+use chat_store::HistoryStore;
+use futures::{FutureExt, StreamExt};
+use tracing::instrument;
+
+/// How long one pull request waits for messages before it is renewed. It
+/// bounds nothing user-visible: messages are handled as they arrive.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// First back-off after a failed store write or pull.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+
+/// Writer settings.
+#[derive(Debug, Clone)]
+pub struct WriterSettings {
+    /// Most events per store transaction.
+    pub batch: usize,
+    /// Longest back-off between retries.
+    pub retry_max: Duration,
+}
+
+/// Runs until `shutdown`; the batch in hand is always finished (written and
+/// acked, or nak'ed) before returning.
+pub async fn run(
+    consumer: PullConsumer,
+    store: Arc<dyn HistoryStore>,
+    settings: WriterSettings,
+    shutdown: Shutdown,
+) {
+    let mut backoff = RETRY_MIN;
+    while !shutdown.is_cancelled() {
+        let pull = consumer
+            .batch()
+            .max_messages(settings.batch)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await;
+        let mut messages = match pull {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "pull request failed; retrying");
+                metrics::counter!("chat_history_pull_errors_total").increment(1);
+                sleep_or_shutdown(backoff, &shutdown).await;
+                backoff = (backoff * 2).min(settings.retry_max);
+                continue;
+            }
+        };
+        loop {
+            let first = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    nak_ready(&mut messages).await;
+                    return;
+                }
+                m = messages.next() => m,
+            };
+            let Some(first) = first else { break };
+            let mut batch = Vec::with_capacity(settings.batch);
+            push_message(&mut batch, first);
+            // Take whatever already arrived, without waiting, so one
+            // transaction covers a burst while a lone event is not delayed.
+            while batch.len() < settings.batch {
+                match messages.next().now_or_never() {
+                    Some(Some(m)) => push_message(&mut batch, m),
+                    _ => break,
+                }
+            }
+            backoff = write_batch(store.as_ref(), batch, backoff, &settings, &shutdown).await;
+        }
+    }
+}
+
+fn push_message(batch: &mut Vec<Message>, m: Result<Message, async_nats::Error>) {
+    match m {
+        Ok(m) => batch.push(m),
+        Err(e) => {
+            tracing::warn!(error = %e, "pull consumer error");
+            metrics::counter!("chat_history_pull_errors_total").increment(1);
+        }
+    }
+}
+
+/// Messages already delivered to us when shutting down go back at once
+/// instead of waiting out the ack wait.
+async fn nak_ready(messages: &mut async_nats::jetstream::consumer::pull::Batch) {
+    while let Some(Some(Ok(m))) = messages.next().now_or_never() {
+        if let Err(e) = m.ack_with(AckKind::Nak(None)).await {
+            tracing::debug!(error = %e, "nak on shutdown failed; it will be redelivered");
+        }
+    }
+}
+
+async fn sleep_or_shutdown(d: Duration, shutdown: &Shutdown) {
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = tokio::time::sleep(d) => {}
+    }
+}
+
+/// Parses a stream message; the subject must agree with the payload's room
+/// and kind, so a foreign publisher cannot file an event under another room.
+fn parse(m: &Message) -> Result<RoomEvent, String> {
+    let event: RoomEvent = serde_json::from_slice(&m.payload).map_err(|e| e.to_string())?;
+    if event.v != chat_core::SCHEMA_VERSION {
+        return Err(format!("unsupported schema version {}", event.v));
+    }
+    match names::parse_room_subject(&m.subject) {
+        Some((room, kind)) if room == event.room && kind == event.body.kind() => Ok(event),
+        _ => Err(format!(
+            "subject {} does not match event room {} / kind {:?}",
+            m.subject,
+            event.room,
+            event.body.kind()
+        )),
+    }
+}
+
+/// Writes one batch and settles every message in it. Returns the back-off
+/// for the next failure (reset after a success).
+#[instrument(skip_all, fields(messages = batch.len()))]
+async fn write_batch(
+    store: &dyn HistoryStore,
+    batch: Vec<Message>,
+    backoff: Duration,
+    settings: &WriterSettings,
+    shutdown: &Shutdown,
+) -> Duration {
+    let mut events = Vec::with_capacity(batch.len());
+    let mut valid = Vec::with_capacity(batch.len());
+    for m in batch {
+        match parse(&m) {
+            Ok(ev) => {
+                events.push(ev);
+                valid.push(m);
+            }
+            Err(reason) => {
+                // Redelivering a message that can never parse would block
+                // nothing but waste work forever: terminate it.
+                tracing::warn!(subject = %m.subject, %reason, "unparseable room event dropped");
+                metrics::counter!("chat_history_events_rejected_total").increment(1);
+                if let Err(e) = m.ack_with(AckKind::Term).await {
+                    tracing::warn!(error = %e, "term failed; it will be redelivered");
+                }
+            }
+        }
+    }
+    if events.is_empty() {
+        return backoff;
+    }
+    match store.append_events(&events).await {
+        Ok(stored) => {
+            let total = events.len();
+            metrics::counter!("chat_history_events_stored_total").increment(stored as u64);
+            metrics::counter!("chat_history_events_replayed_total")
+                .increment(total.saturating_sub(stored) as u64);
+            tracing::debug!(stored, total, "batch written");
+            for m in valid {
+                if let Err(e) = m.ack().await {
+                    // Harmless: the redelivery will be ignored by the store.
+                    tracing::warn!(error = %e, "ack failed; the event will be redelivered");
+                }
+            }
+            RETRY_MIN
+        }
+        Err(e) => {
+            tracing::error!(error = %e, retry_in = ?backoff, "store write failed; nak'ing batch");
+            metrics::counter!("chat_history_store_failures_total").increment(1);
+            for m in valid {
+                if let Err(e) = m.ack_with(AckKind::Nak(Some(backoff))).await {
+                    tracing::warn!(error = %e, "nak failed; redelivery after ack wait");
+                }
+            }
+            sleep_or_shutdown(backoff, shutdown).await;
+            (backoff * 2).min(settings.retry_max)
+        }
+    }
+}
