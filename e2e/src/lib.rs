@@ -89,6 +89,7 @@ impl System {
         }
         let shutdown = chat_platform::Shutdown::new();
         let running = chat::start(Box::new(src), shutdown.clone()).await?;
+        running.wait_ready(Duration::from_secs(30)).await?;
         let sys = Self {
             nats,
             data,
@@ -96,7 +97,6 @@ impl System {
             shutdown,
             running: Some(running),
         };
-        wait_ready(&sys.http_url()).await?;
         Ok(sys)
     }
 
@@ -206,10 +206,27 @@ impl ChatProcess {
         }
         cmd.env("CHAT_GATEWAY_LISTEN", format!("127.0.0.1:{}", self.port))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(std::fs::File::create(self.data.join("chat.stdout"))?))
             .stderr(Stdio::from(std::fs::File::create(self.data.join("chat.log"))?));
         self.child = Some(cmd.spawn().with_context(|| format!("spawn {}", bin.display()))?);
-        wait_ready(&self.http_url()).await
+        // The binary prints the URL once every service is ready.
+        let end = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = std::fs::read_to_string(self.data.join("chat.stdout")).unwrap_or_default();
+            if out.contains("chat: open") {
+                return Ok(());
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                let log = std::fs::read_to_string(self.data.join("chat.log")).unwrap_or_default();
+                bail!("chat exited with {status}: {log}");
+            }
+            if tokio::time::Instant::now() > end {
+                bail!("chat did not become ready within 60s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn http_url(&self) -> String {

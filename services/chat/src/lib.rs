@@ -42,6 +42,8 @@ pub struct Running {
     pub gateway_addr: SocketAddr,
     /// Where the auth service listens.
     pub auth_addr: SocketAddr,
+    /// Every service's HTTP address (for `/readyz`).
+    pub services: Vec<(&'static str, SocketAddr)>,
     tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
     shutdown: Shutdown,
 }
@@ -80,6 +82,13 @@ pub async fn start(env: Box<dyn Source>, shutdown: Shutdown) -> anyhow::Result<R
     let history_l = bind(&src, "CHAT_HISTORY_LISTEN", "127.0.0.1:0").await?;
     let presence_l = bind(&src, "CHAT_PRESENCE_LISTEN", "127.0.0.1:0").await?;
     let gateway_addr = gateway_l.local_addr()?;
+    let services = vec![
+        ("auth", auth_addr),
+        ("history", history_l.local_addr()?),
+        ("presence", presence_l.local_addr()?),
+        ("fanout", fanout_l.local_addr()?),
+        ("gateway", gateway_addr),
+    ];
 
     let mut tasks = JoinSet::new();
     let sd = shutdown.clone();
@@ -95,12 +104,36 @@ pub async fn start(env: Box<dyn Source>, shutdown: Shutdown) -> anyhow::Result<R
     Ok(Running {
         gateway_addr,
         auth_addr,
+        services,
         tasks,
         shutdown,
     })
 }
 
 impl Running {
+    /// Waits until every service answers `/readyz` with 200, or `timeout`.
+    pub async fn wait_ready(&self, timeout: std::time::Duration) -> anyhow::Result<()> {
+        let http = reqwest::Client::new();
+        let end = tokio::time::Instant::now() + timeout;
+        for (name, addr) in &self.services {
+            loop {
+                let ok = http
+                    .get(format!("http://{addr}/readyz"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if ok {
+                    break;
+                }
+                if tokio::time::Instant::now() > end {
+                    anyhow::bail!("{name} not ready within {timeout:?} (http://{addr}/readyz)");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            }
+        }
+        Ok(())
+    }
+
     /// Waits until every service has stopped; the first failure is returned.
     pub async fn wait(mut self) -> anyhow::Result<()> {
         let mut failed = None;

@@ -11,6 +11,9 @@ async fn main() -> anyhow::Result<()> {
         chat_platform::shutdown::on_signal(),
     )
     .await?;
+    running
+        .wait_ready(std::time::Duration::from_secs(60))
+        .await?;
     let addr = running.gateway_addr;
     tracing::info!(url = %format!("http://{addr}/"), "chat is up");
     println!("chat: open http://{addr}/  (WebSocket ws://{addr}/ws)");
