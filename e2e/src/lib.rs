@@ -198,7 +198,10 @@ impl ChatProcess {
     async fn spawn(&mut self) -> anyhow::Result<()> {
         let bin = chat_bin();
         if !bin.exists() {
-            bail!("{} is missing: run `cargo build -p chat` first (the test command does)", bin.display());
+            bail!(
+                "{} is missing: run `cargo build -p chat` first (the test command does)",
+                bin.display()
+            );
         }
         let mut cmd = Command::new(&bin);
         for (k, v) in base_options(&self.nats_url, &self.data, &[]) {
@@ -206,9 +209,16 @@ impl ChatProcess {
         }
         cmd.env("CHAT_GATEWAY_LISTEN", format!("127.0.0.1:{}", self.port))
             .stdin(Stdio::null())
-            .stdout(Stdio::from(std::fs::File::create(self.data.join("chat.stdout"))?))
-            .stderr(Stdio::from(std::fs::File::create(self.data.join("chat.log"))?));
-        self.child = Some(cmd.spawn().with_context(|| format!("spawn {}", bin.display()))?);
+            .stdout(Stdio::from(std::fs::File::create(
+                self.data.join("chat.stdout"),
+            )?))
+            .stderr(Stdio::from(std::fs::File::create(
+                self.data.join("chat.log"),
+            )?));
+        self.child = Some(
+            cmd.spawn()
+                .with_context(|| format!("spawn {}", bin.display()))?,
+        );
         // The binary prints the URL once every service is ready.
         let end = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {

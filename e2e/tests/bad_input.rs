@@ -11,7 +11,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// The connection still works: a ping gets its pong.
 async fn still_alive(c: &mut WsClient) {
-    c.send_json(&json!({"type": "ping", "id": "alive"})).await.expect("ping");
+    c.send_json(&json!({"type": "ping", "id": "alive"}))
+        .await
+        .expect("ping");
     let pong = c.recv_where(|v| v["id"] == "alive").await.expect("pong");
     assert_eq!(pong["type"], "pong");
 }
@@ -26,13 +28,17 @@ async fn malformed_and_unknown_frames_get_error_frames_and_the_connection_lives(
     assert_eq!(e["code"], "malformed");
     still_alive(&mut c).await;
 
-    c.send_json(&json!({"type": "teleport", "id": "t1"})).await.expect("send");
+    c.send_json(&json!({"type": "teleport", "id": "t1"}))
+        .await
+        .expect("send");
     let e = c.recv_type("error").await.expect("error");
     assert_eq!(e["code"], "unknown_type");
     assert_eq!(e["id"], "t1", "the error names the request");
     still_alive(&mut c).await;
 
-    c.send_json(&json!({"type": "send", "id": "x"})).await.expect("send");
+    c.send_json(&json!({"type": "send", "id": "x"}))
+        .await
+        .expect("send");
     let e = c.recv_type("error").await.expect("error");
     assert_eq!(e["code"], "malformed", "missing fields: {e}");
     still_alive(&mut c).await;
@@ -47,18 +53,25 @@ async fn malformed_and_unknown_frames_get_error_frames_and_the_connection_lives(
 
 #[tokio::test]
 async fn an_oversized_frame_closes_only_that_connection_with_1009() {
-    let sys = System::start_with(&[("CHAT_GATEWAY_MAX_FRAME_BYTES", "2048"), ("CHAT_GATEWAY_MAX_TEXT_BYTES", "1024")])
-        .await
-        .expect("system");
+    let sys = System::start_with(&[
+        ("CHAT_GATEWAY_MAX_FRAME_BYTES", "2048"),
+        ("CHAT_GATEWAY_MAX_TEXT_BYTES", "1024"),
+    ])
+    .await
+    .expect("system");
     let (mut a, _) = sys.client("alice").await.expect("alice");
     let (mut b, _) = sys.client("bob").await.expect("bob");
     let room = create_room(&mut a, "r").await.expect("room");
 
     // Text over the text limit but within the frame limit: an error, not a close.
-    let e = send(&mut a, &room, "big", &"x".repeat(1500)).await.expect("reply");
+    let e = send(&mut a, &room, "big", &"x".repeat(1500))
+        .await
+        .expect("reply");
     assert_eq!(e["code"], "too_large", "{e}");
     // Exactly at the limit is fine.
-    let ok = send(&mut a, &room, "edge", &"y".repeat(1024)).await.expect("reply");
+    let ok = send(&mut a, &room, "edge", &"y".repeat(1024))
+        .await
+        .expect("reply");
     assert_eq!(ok["type"], "ack", "{ok}");
 
     let huge = json!({"type": "send", "id": "h", "room": room, "text": "z".repeat(4096)});
@@ -73,7 +86,9 @@ async fn an_oversized_frame_closes_only_that_connection_with_1009() {
 async fn binary_frames_close_with_1003() {
     let sys = System::start().await.expect("system");
     let (mut c, _) = sys.client("alice").await.expect("client");
-    c.send_raw(Message::Binary(vec![1, 2, 3].into())).await.expect("send");
+    c.send_raw(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .expect("send");
     assert_eq!(c.closed().await.expect("closed").code, 1003);
 }
 
@@ -108,21 +123,32 @@ async fn bad_tokens_are_refused_with_4001() {
         ("alg none", none),
         ("wrong audience", wrong_aud),
     ] {
-        let mut c = WsClient::connect(&sys.ws_url(), None).await.expect("connect");
-        c.send_json(&json!({"type": "hello", "v": 1, "token": token})).await.expect("hello");
-        let e = c.recv_type("error").await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        let mut c = WsClient::connect(&sys.ws_url(), None)
+            .await
+            .expect("connect");
+        c.send_json(&json!({"type": "hello", "v": 1, "token": token}))
+            .await
+            .expect("hello");
+        let e = c
+            .recv_type("error")
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(e["code"], "unauthorized", "{what}: {e}");
         let closed = c.closed().await.unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(closed.code, 4001, "{what}: {closed:?}");
     }
 
     // A frame other than hello first is refused the same way.
-    let mut c = WsClient::connect(&sys.ws_url(), None).await.expect("connect");
+    let mut c = WsClient::connect(&sys.ws_url(), None)
+        .await
+        .expect("connect");
     c.send_json(&json!({"type": "ping"})).await.expect("ping");
     assert_eq!(c.closed().await.expect("closed").code, 4001);
 
     // The good token still works.
-    WsClient::connect_as(&sys.ws_url(), &good.token).await.expect("good token");
+    WsClient::connect_as(&sys.ws_url(), &good.token)
+        .await
+        .expect("good token");
 }
 
 #[tokio::test]
@@ -130,7 +156,9 @@ async fn no_hello_in_time_closes_with_4002() {
     let sys = System::start_with(&[("CHAT_GATEWAY_AUTH_TIMEOUT_MS", "300")])
         .await
         .expect("system");
-    let mut c = WsClient::connect(&sys.ws_url(), None).await.expect("connect");
+    let mut c = WsClient::connect(&sys.ws_url(), None)
+        .await
+        .expect("connect");
     assert_eq!(c.closed().await.expect("closed").code, 4002);
 }
 
@@ -144,7 +172,9 @@ async fn sending_to_a_room_you_are_not_in_is_refused_and_not_stored() {
     let e = send(&mut m, &room, "sneak", "hi").await.expect("reply");
     assert_eq!(e["type"], "error");
     assert_eq!(e["code"], "not_member");
-    m.send_json(&json!({"type": "history", "id": "h", "room": room})).await.expect("send");
+    m.send_json(&json!({"type": "history", "id": "h", "room": room}))
+        .await
+        .expect("send");
     let e = m.recv_where(|v| v["id"] == "h").await.expect("reply");
     assert_eq!(e["code"], "not_member");
 
@@ -163,7 +193,9 @@ async fn a_foreign_origin_is_refused_at_the_upgrade() {
     assert!(err.as_deref().is_some_and(|e| e.contains("403")), "{err:?}");
     // Same origin is allowed.
     let own = sys.http_url();
-    WsClient::connect(&sys.ws_url(), Some(&own)).await.expect("same origin");
+    WsClient::connect(&sys.ws_url(), Some(&own))
+        .await
+        .expect("same origin");
 }
 
 #[tokio::test]
@@ -192,12 +224,17 @@ async fn resending_the_same_client_id_acks_once_and_stores_once() {
 
 #[tokio::test]
 async fn frames_beyond_the_rate_limit_get_rate_limited_errors() {
-    let sys = System::start_with(&[("CHAT_GATEWAY_RATE_PER_SEC", "1"), ("CHAT_GATEWAY_RATE_BURST", "3")])
-        .await
-        .expect("system");
+    let sys = System::start_with(&[
+        ("CHAT_GATEWAY_RATE_PER_SEC", "1"),
+        ("CHAT_GATEWAY_RATE_BURST", "3"),
+    ])
+    .await
+    .expect("system");
     let (mut c, _) = sys.client("alice").await.expect("client");
     for i in 0..5 {
-        c.send_json(&json!({"type": "ping", "id": format!("p{i}")})).await.expect("ping");
+        c.send_json(&json!({"type": "ping", "id": format!("p{i}")}))
+            .await
+            .expect("ping");
     }
     let mut pongs = 0;
     let mut limited = 0;

@@ -19,7 +19,9 @@ async fn two_users_chat_in_order_see_presence_and_read_history() {
 
     // Alice sees Bob join (a member event).
     let ev = alice
-        .recv_where(|v| v["type"] == "event" && v["kind"] == "member" && v["user"] == b.user_id.as_str())
+        .recv_where(|v| {
+            v["type"] == "event" && v["kind"] == "member" && v["user"] == b.user_id.as_str()
+        })
         .await
         .expect("member event");
     assert_eq!(ev["op"], "join");
@@ -28,21 +30,34 @@ async fn two_users_chat_in_order_see_presence_and_read_history() {
     // offline when his connection closes and online when he comes back.
     drop(bob);
     let p = alice
-        .recv_where(|v| v["type"] == "presence" && v["user"] == b.user_id.as_str() && v["status"] == "offline")
+        .recv_where(|v| {
+            v["type"] == "presence" && v["user"] == b.user_id.as_str() && v["status"] == "offline"
+        })
         .await
         .expect("bob's offline presence reaches alice");
     assert_eq!(p["status"], "offline");
-    let (mut bob, welcome) = WsClient::connect_as(&sys.ws_url(), &b.token).await.expect("bob again");
-    assert!(welcome["rooms"].as_array().is_some_and(|r| r.contains(&json!(room))), "{welcome}");
+    let (mut bob, welcome) = WsClient::connect_as(&sys.ws_url(), &b.token)
+        .await
+        .expect("bob again");
+    assert!(
+        welcome["rooms"]
+            .as_array()
+            .is_some_and(|r| r.contains(&json!(room))),
+        "{welcome}"
+    );
     let p = alice
-        .recv_where(|v| v["type"] == "presence" && v["user"] == b.user_id.as_str() && v["status"] == "online")
+        .recv_where(|v| {
+            v["type"] == "presence" && v["user"] == b.user_id.as_str() && v["status"] == "online"
+        })
         .await
         .expect("bob's online presence reaches alice");
     assert_eq!(p["status"], "online");
 
     let mut seqs = Vec::new();
     for (i, text) in ["one", "two", "three"].iter().enumerate() {
-        let ack = send(&mut alice, &room, &format!("m{i}"), text).await.expect("ack");
+        let ack = send(&mut alice, &room, &format!("m{i}"), text)
+            .await
+            .expect("ack");
         assert_eq!(ack["type"], "ack", "{ack}");
         assert_eq!(ack["duplicate"], false);
         seqs.push(ack["seq"].as_u64().expect("seq"));
@@ -57,24 +72,35 @@ async fn two_users_chat_in_order_see_presence_and_read_history() {
             .await
             .expect("bob receives the messages");
         assert_eq!(ev["from"], a.user_id.as_str());
-        got.push((ev["seq"].as_u64().expect("seq"), ev["text"].as_str().expect("text").to_string()));
+        got.push((
+            ev["seq"].as_u64().expect("seq"),
+            ev["text"].as_str().expect("text").to_string(),
+        ));
     }
     assert_eq!(
         got,
-        vec![(3, "one".to_string()), (4, "two".to_string()), (5, "three".to_string())]
+        vec![
+            (3, "one".to_string()),
+            (4, "two".to_string()),
+            (5, "three".to_string())
+        ]
     );
 
     // History is written asynchronously: wait (with a deadline) until it has all three.
-    let page = eventually(Duration::from_secs(10), "history has the three messages", || {
-        let url = sys.ws_url();
-        let token = b.token.clone();
-        let room = room.clone();
-        async move {
-            let (mut c, _) = WsClient::connect_as(&url, &token).await.ok()?;
-            let page = history(&mut c, &room, json!({"after": 2})).await.ok()?;
-            (page["events"].as_array()?.len() == 3).then_some(page)
-        }
-    })
+    let page = eventually(
+        Duration::from_secs(10),
+        "history has the three messages",
+        || {
+            let url = sys.ws_url();
+            let token = b.token.clone();
+            let room = room.clone();
+            async move {
+                let (mut c, _) = WsClient::connect_as(&url, &token).await.ok()?;
+                let page = history(&mut c, &room, json!({"after": 2})).await.ok()?;
+                (page["events"].as_array()?.len() == 3).then_some(page)
+            }
+        },
+    )
     .await;
     let texts: Vec<&str> = page["events"]
         .as_array()
@@ -94,13 +120,19 @@ async fn two_users_chat_in_order_see_presence_and_read_history() {
 async fn history_survives_sigkill_and_the_sequence_continues() {
     let nats = NatsServer::start().await.expect("nats");
     let data = tempfile::tempdir().expect("data dir");
-    let mut chat = ChatProcess::start(&nats.url(), data.path()).await.expect("chat binary");
+    let mut chat = ChatProcess::start(&nats.url(), data.path())
+        .await
+        .expect("chat binary");
 
     let a = login(&chat.http_url(), "alice").await.expect("login");
-    let (mut alice, _) = WsClient::connect_as(&chat.ws_url(), &a.token).await.expect("ws");
+    let (mut alice, _) = WsClient::connect_as(&chat.ws_url(), &a.token)
+        .await
+        .expect("ws");
     let room = create_room(&mut alice, "durable").await.expect("room");
     for (i, t) in ["one", "two", "three"].iter().enumerate() {
-        let ack = send(&mut alice, &room, &format!("c{i}"), t).await.expect("ack");
+        let ack = send(&mut alice, &room, &format!("c{i}"), t)
+            .await
+            .expect("ack");
         assert_eq!(ack["seq"], json!(i as u64 + 2), "{ack}");
     }
     // Wait until history has stored them before the kill, so the check
@@ -112,7 +144,13 @@ async fn history_survives_sigkill_and_the_sequence_continues() {
         async move {
             let (mut c, _) = WsClient::connect_as(&url, &alice_tok).await.ok()?;
             let p = history(&mut c, &room, json!({})).await.ok()?;
-            (p["events"].as_array()?.iter().filter(|e| e["kind"] == "msg").count() == 3).then_some(())
+            (p["events"]
+                .as_array()?
+                .iter()
+                .filter(|e| e["kind"] == "msg")
+                .count()
+                == 3)
+                .then_some(())
         }
     })
     .await;
@@ -123,12 +161,18 @@ async fn history_survives_sigkill_and_the_sequence_continues() {
     // Same user (same signing key and user store), same room, same history.
     let a2 = login(&chat.http_url(), "alice").await.expect("login again");
     assert_eq!(a2.user_id, a.user_id);
-    let (mut alice, welcome) = WsClient::connect_as(&chat.ws_url(), &a2.token).await.expect("ws");
+    let (mut alice, welcome) = WsClient::connect_as(&chat.ws_url(), &a2.token)
+        .await
+        .expect("ws");
     assert!(
-        welcome["rooms"].as_array().is_some_and(|r| r.contains(&json!(room))),
+        welcome["rooms"]
+            .as_array()
+            .is_some_and(|r| r.contains(&json!(room))),
         "room membership survives: {welcome}"
     );
-    let p = history(&mut alice, &room, json!({})).await.expect("history");
+    let p = history(&mut alice, &room, json!({}))
+        .await
+        .expect("history");
     let texts: Vec<&str> = p["events"]
         .as_array()
         .expect("events")
@@ -140,5 +184,8 @@ async fn history_survives_sigkill_and_the_sequence_continues() {
 
     let ack = send(&mut alice, &room, "c3", "four").await.expect("ack");
     assert_eq!(ack["type"], "ack", "{ack}");
-    assert_eq!(ack["seq"], 5, "the fourth message continues the room sequence");
+    assert_eq!(
+        ack["seq"], 5,
+        "the fourth message continues the room sequence"
+    );
 }

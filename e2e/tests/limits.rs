@@ -40,7 +40,9 @@ async fn a_client_that_stops_reading_is_closed_with_4009_and_others_get_everythi
     let big = "s".repeat(16_000);
     let mut acked = Vec::new();
     for i in 0..total {
-        let ack = send(&mut alice, &room, &format!("m{i}"), &big).await.expect("ack");
+        let ack = send(&mut alice, &room, &format!("m{i}"), &big)
+            .await
+            .expect("ack");
         assert_eq!(ack["type"], "ack", "{ack}");
         acked.push(ack["seq"].as_u64().expect("seq"));
     }
@@ -62,11 +64,17 @@ async fn a_silent_client_is_closed_with_4003_after_the_idle_timeout() {
     let (mut chatty, _) = sys.client("chatty").await.expect("client");
     // Pings keep `chatty` alive past several idle timeouts.
     for i in 0..6 {
-        chatty.send_json(&json!({"type": "ping", "id": format!("p{i}")})).await.expect("ping");
+        chatty
+            .send_json(&json!({"type": "ping", "id": format!("p{i}")}))
+            .await
+            .expect("ping");
         chatty.recv_type("pong").await.expect("pong");
         tokio::time::sleep(std::time::Duration::from_millis(150)).await;
     }
     assert_eq!(quiet.closed().await.expect("closed").code, 4003);
-    chatty.send_json(&json!({"type": "ping", "id": "last"})).await.expect("ping");
+    chatty
+        .send_json(&json!({"type": "ping", "id": "last"}))
+        .await
+        .expect("ping");
     chatty.recv_type("pong").await.expect("still connected");
 }

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use chat_platform::config::Source;
 use chat_platform::Shutdown;
+use chat_platform::config::Source;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -21,7 +21,9 @@ struct Layered {
 
 impl Source for Layered {
     fn get(&self, key: &str) -> Option<String> {
-        self.env.get(key).or_else(|| self.defaults.get(key).cloned())
+        self.env
+            .get(key)
+            .or_else(|| self.defaults.get(key).cloned())
     }
 }
 
@@ -94,7 +96,12 @@ pub async fn start(env: Box<dyn Source>, shutdown: Shutdown) -> anyhow::Result<R
     let sd = shutdown.clone();
     tasks.spawn(async move { ("history", chat_history::run(history, history_l, sd).await) });
     let sd = shutdown.clone();
-    tasks.spawn(async move { ("presence", chat_presence::run(presence, presence_l, sd).await) });
+    tasks.spawn(async move {
+        (
+            "presence",
+            chat_presence::run(presence, presence_l, sd).await,
+        )
+    });
     let sd = shutdown.clone();
     tasks.spawn(async move { ("fanout", chat_fanout::run(fanout, fanout_l, sd).await) });
     let sd = shutdown.clone();

@@ -42,8 +42,10 @@ pub async fn handle(st: &AppState, user: &UserId, text: &str) -> ServerFrame {
         ClientFrame::Hello { .. } => None,
     };
     if id.as_ref().is_some_and(|i| i.len() > MAX_REQUEST_ID_LEN) {
-        return GatewayError::BadRequest(format!("id is longer than {MAX_REQUEST_ID_LEN} characters"))
-            .frame(None);
+        return GatewayError::BadRequest(format!(
+            "id is longer than {MAX_REQUEST_ID_LEN} characters"
+        ))
+        .frame(None);
     }
     let result = match frame {
         ClientFrame::Hello { .. } => Err(GatewayError::BadRequest("already authenticated".into())),
@@ -51,7 +53,9 @@ pub async fn handle(st: &AppState, user: &UserId, text: &str) -> ServerFrame {
         ClientFrame::Send { id, room, text } => send(st, user, id, room, text).await,
         ClientFrame::RoomCreate { id, name } => create(st, user, id, name).await,
         ClientFrame::RoomJoin { id, room } => membership(st, user, id, room, MemberOp::Join).await,
-        ClientFrame::RoomLeave { id, room } => membership(st, user, id, room, MemberOp::Leave).await,
+        ClientFrame::RoomLeave { id, room } => {
+            membership(st, user, id, room, MemberOp::Leave).await
+        }
         ClientFrame::History {
             id,
             room,
@@ -61,10 +65,14 @@ pub async fn handle(st: &AppState, user: &UserId, text: &str) -> ServerFrame {
         } => history(st, user, id, room, before, after, limit).await,
     };
     result.unwrap_or_else(|e| {
-        if matches!(e, GatewayError::Unexpected(_) | GatewayError::Unavailable(_)) {
+        if matches!(
+            e,
+            GatewayError::Unexpected(_) | GatewayError::Unavailable(_)
+        ) {
             tracing::warn!(error = %e, "request failed");
         }
-        metrics::counter!("chat_gateway_request_errors_total", "code" => e.code().as_str()).increment(1);
+        metrics::counter!("chat_gateway_request_errors_total", "code" => e.code().as_str())
+            .increment(1);
         e.frame(id)
     })
 }
@@ -92,7 +100,10 @@ fn parse_error(text: &str, e: &serde_json::Error) -> ServerFrame {
             (ErrorCode::UnknownType, format!("unknown frame type {t:?}"))
         }
         (Some(_), _) => (ErrorCode::Malformed, format!("invalid frame: {e}")),
-        (None, _) => (ErrorCode::Malformed, format!("frame is not valid JSON: {e}")),
+        (None, _) => (
+            ErrorCode::Malformed,
+            format!("frame is not valid JSON: {e}"),
+        ),
     };
     metrics::counter!("chat_gateway_request_errors_total", "code" => code.as_str()).increment(1);
     ServerFrame::Error { id, code, message }

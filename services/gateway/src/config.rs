@@ -89,7 +89,10 @@ impl Config {
     /// Reads and validates every option.
     pub fn from_source(src: &dyn Source) -> Result<Self, ConfigError> {
         let s = Settings::new(src);
-        let listen = s.parse("CHAT_GATEWAY_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8080)))?;
+        let listen = s.parse(
+            "CHAT_GATEWAY_LISTEN",
+            SocketAddr::from(([127, 0, 0, 1], 8080)),
+        )?;
         let gateway_id = match s.parse_opt::<GatewayId>("CHAT_GATEWAY_ID")? {
             Some(id) => id,
             None => GatewayId::generate(),
@@ -121,7 +124,9 @@ impl Config {
             token_issuer: s.string("CHAT_GATEWAY_TOKEN_ISSUER", "urn:chat:auth"),
             token_audience: s.string("CHAT_GATEWAY_TOKEN_AUDIENCE", "chat"),
             token_leeway: Duration::from_millis(s.parse("CHAT_GATEWAY_TOKEN_LEEWAY_MS", 5000u64)?),
-            auth_upstream: s.raw("CHAT_GATEWAY_AUTH_UPSTREAM").map(|u| u.trim_end_matches('/').to_string()),
+            auth_upstream: s
+                .raw("CHAT_GATEWAY_AUTH_UPSTREAM")
+                .map(|u| u.trim_end_matches('/').to_string()),
             allowed_origins: s.list("CHAT_GATEWAY_ALLOWED_ORIGINS"),
             heartbeat: s.millis("CHAT_GATEWAY_HEARTBEAT_MS", Duration::from_secs(10))?,
             request_timeout: s.millis("CHAT_GATEWAY_REQUEST_TIMEOUT_MS", Duration::from_secs(5))?,

@@ -28,7 +28,11 @@ pub fn router(st: AppState, ready: Readiness) -> Router {
 }
 
 /// `GET /ws`: checks Origin and the connection limit, then upgrades.
-async fn ws_upgrade(State(st): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+async fn ws_upgrade(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     if !origin_allowed(&st.config, &headers) {
         metrics::counter!("chat_gateway_origin_rejected_total").increment(1);
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
@@ -92,7 +96,10 @@ async fn auth_forward(
         return (StatusCode::NOT_FOUND, "auth is not served here\n").into_response();
     };
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut req = st.http.request(method, format!("{upstream}{path}")).body(body);
+    let mut req = st
+        .http
+        .request(method, format!("{upstream}{path}"))
+        .body(body);
     for name in [header::CONTENT_TYPE, header::AUTHORIZATION, header::ACCEPT] {
         if let Some(v) = headers.get(&name) {
             req = req.header(name, v);
@@ -110,7 +117,9 @@ async fn auth_forward(
                     }
                     out
                 }
-                Err(e) => (StatusCode::BAD_GATEWAY, format!("auth upstream: {e}\n")).into_response(),
+                Err(e) => {
+                    (StatusCode::BAD_GATEWAY, format!("auth upstream: {e}\n")).into_response()
+                }
             }
         }
         Err(e) => (StatusCode::BAD_GATEWAY, format!("auth upstream: {e}\n")).into_response(),
@@ -135,13 +144,22 @@ mod tests {
     fn same_host_and_listed_origins_pass_foreign_ones_do_not() {
         let c = Config::from_source(&MapSource::new()).expect("config");
         assert!(origin_allowed(&c, &headers(None, "chat.example:8080")));
-        assert!(origin_allowed(&c, &headers(Some("http://chat.example:8080"), "chat.example:8080")));
-        assert!(!origin_allowed(&c, &headers(Some("http://evil.example"), "chat.example:8080")));
+        assert!(origin_allowed(
+            &c,
+            &headers(Some("http://chat.example:8080"), "chat.example:8080")
+        ));
+        assert!(!origin_allowed(
+            &c,
+            &headers(Some("http://evil.example"), "chat.example:8080")
+        ));
         let c = Config::from_source(
             &MapSource::new().with("CHAT_GATEWAY_ALLOWED_ORIGINS", "https://app.example"),
         )
         .expect("config");
-        assert!(origin_allowed(&c, &headers(Some("https://app.example"), "gw:1")));
+        assert!(origin_allowed(
+            &c,
+            &headers(Some("https://app.example"), "gw:1")
+        ));
         assert!(!origin_allowed(&c, &headers(Some("http://gw:1"), "gw:1")));
     }
 }

@@ -39,9 +39,13 @@ pub use state::AppState;
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let gw = config.gateway_id.clone();
-    let nats = chat_platform::nats::connect(&config.common, &format!("gateway-{gw}"), Duration::from_secs(30))
-        .await
-        .context("gateway")?;
+    let nats = chat_platform::nats::connect(
+        &config.common,
+        &format!("gateway-{gw}"),
+        Duration::from_secs(30),
+    )
+    .await
+    .context("gateway")?;
     let js = jetstream::new(nats.clone());
     let settings = StreamSettings {
         manage: config.common.manage_nats,

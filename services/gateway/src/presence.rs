@@ -39,7 +39,11 @@ impl PresenceReporter {
             }
         };
         // Core NATS: a lost report is healed by the next heartbeat.
-        if let Err(e) = self.nats.publish(self.subject.clone(), payload.into()).await {
+        if let Err(e) = self
+            .nats
+            .publish(self.subject.clone(), payload.into())
+            .await
+        {
             tracing::warn!(error = %e, ?op, "presence report not sent");
         }
     }
@@ -51,7 +55,8 @@ impl PresenceReporter {
 
     /// The user's last session on this gateway closed.
     pub async fn disconnect(&self, user: &UserId) {
-        self.report(PresenceOp::Disconnect, vec![user.clone()]).await;
+        self.report(PresenceOp::Disconnect, vec![user.clone()])
+            .await;
     }
 
     /// All users at once (heartbeat).

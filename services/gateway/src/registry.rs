@@ -83,7 +83,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Registry {
     /// Adds a session; returns true when it is the user's first on this gateway.
-    pub fn add(&self, user: &UserId, id: SessionId, handle: SessionHandle, rooms: Vec<RoomId>) -> bool {
+    pub fn add(
+        &self,
+        user: &UserId,
+        id: SessionId,
+        handle: SessionHandle,
+        rooms: Vec<RoomId>,
+    ) -> bool {
         let mut map = lock(&self.inner);
         let entry = map.entry(user.clone()).or_default();
         let first = entry.sessions.is_empty();

@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use chat_core::UserId;
 use chat_core::svc::ErrorCode;
 use chat_core::wire::{ClientFrame, PROTOCOL_VERSION, ServerFrame, close};
-use chat_core::UserId;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -126,7 +126,10 @@ pub async fn run(st: AppState, socket: WebSocket, _permit: OwnedSemaphorePermit)
             kill: CancellationToken::new(),
             close_reason: Arc::new(Mutex::new(None)),
         };
-        if st.registry.add(&user, session_id, handle.clone(), rooms.clone()) {
+        if st
+            .registry
+            .add(&user, session_id, handle.clone(), rooms.clone())
+        {
             st.presence.connect(&user).await;
         }
         let writer = tokio::spawn(write_loop(
@@ -150,7 +153,10 @@ pub async fn run(st: AppState, socket: WebSocket, _permit: OwnedSemaphorePermit)
             st.presence.disconnect(&user).await;
         }
         handle.kill.cancel();
-        if tokio::time::timeout(Duration::from_secs(5), writer).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .is_err()
+        {
             tracing::warn!("writer did not finish within 5s");
         }
         tracing::debug!("session ended");
@@ -178,7 +184,11 @@ async fn authenticate(
         Ok(Incoming::Text(t)) => t,
         Ok(Incoming::TooBig) => return Err((close::TOO_BIG, "frame too large".into(), None)),
         Ok(Incoming::Binary) => {
-            return Err((close::UNSUPPORTED_DATA, "binary frames are not supported".into(), None));
+            return Err((
+                close::UNSUPPORTED_DATA,
+                "binary frames are not supported".into(),
+                None,
+            ));
         }
         Ok(Incoming::Closed) => return Err((1000, String::new(), None)),
     };
@@ -229,7 +239,10 @@ async fn read_loop(
         };
         let text = match incoming {
             Err(_) => {
-                handle.close(close::IDLE_TIMEOUT, "idle timeout: send ping to stay connected");
+                handle.close(
+                    close::IDLE_TIMEOUT,
+                    "idle timeout: send ping to stay connected",
+                );
                 return;
             }
             Ok(Incoming::Text(t)) => t,
@@ -323,7 +336,10 @@ async fn close_sink(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason:
         let _sent = sink.send(Message::Close(Some(frame))).await;
         let _closed = sink.close().await;
     };
-    if tokio::time::timeout(Duration::from_secs(2), send).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(2), send)
+        .await
+        .is_err()
+    {
         tracing::debug!("close frame not sent within 2s");
     }
 }
@@ -339,7 +355,6 @@ fn truncate(s: &str, max: usize) -> String {
     }
     s[..end].to_string()
 }
-
 
 #[cfg(test)]
 mod tests {
