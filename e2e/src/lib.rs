@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use chat_platform::config::MapSource;
-use chat_testkit::{NatsServer, WsClient, free_port};
+use chat_testkit::{NatsServer, WsClient};
 use serde_json::{Value, json};
 
 /// Token issuer and audience the harness configures (the defaults).
@@ -179,6 +179,7 @@ pub struct ChatProcess {
     child: Option<Child>,
     nats_url: String,
     data: PathBuf,
+    /// The gateway's port (read from the URL the binary prints).
     pub port: u16,
 }
 
@@ -189,7 +190,7 @@ impl ChatProcess {
             child: None,
             nats_url: nats_url.into(),
             data: data.into(),
-            port: free_port(),
+            port: 0,
         };
         p.spawn().await?;
         Ok(p)
@@ -207,7 +208,9 @@ impl ChatProcess {
         for (k, v) in base_options(&self.nats_url, &self.data, &[]) {
             cmd.env(k, v);
         }
-        cmd.env("CHAT_GATEWAY_LISTEN", format!("127.0.0.1:{}", self.port))
+        // Port 0: the binary binds a free port itself (no race with other
+        // tests) and prints the URL, which tells us the port.
+        cmd.env("CHAT_GATEWAY_LISTEN", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::from(std::fs::File::create(
                 self.data.join("chat.stdout"),
@@ -223,7 +226,8 @@ impl ChatProcess {
         let end = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             let out = std::fs::read_to_string(self.data.join("chat.stdout")).unwrap_or_default();
-            if out.contains("chat: open") {
+            if let Some(port) = printed_port(&out) {
+                self.port = port;
                 return Ok(());
             }
             if let Some(c) = self.child.as_mut()
@@ -255,7 +259,7 @@ impl ChatProcess {
         }
     }
 
-    /// Starts the binary again on the same port and data.
+    /// Starts the binary again on the same data (and a new port).
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
         self.spawn().await
@@ -266,6 +270,13 @@ impl Drop for ChatProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The port in `chat: open http://127.0.0.1:<port>/`.
+fn printed_port(stdout: &str) -> Option<u16> {
+    let rest = stdout.split("chat: open http://").nth(1)?;
+    let hostport = rest.split('/').next()?;
+    hostport.rsplit(':').next()?.parse().ok()
 }
 
 /// Sends a message and returns its ack (skipping other frames).

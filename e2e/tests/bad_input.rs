@@ -178,9 +178,9 @@ async fn sending_to_a_room_you_are_not_in_is_refused_and_not_stored() {
     let e = m.recv_where(|v| v["id"] == "h").await.expect("reply");
     assert_eq!(e["code"], "not_member");
 
-    // Alice's next message is seq 2: nothing was stored for mallory.
+    // Alice's first message is seq 1: nothing was stored for mallory.
     let ack = send(&mut a, &room, "a1", "hello").await.expect("ack");
-    assert_eq!(ack["seq"], 2, "{ack}");
+    assert_eq!(ack["seq"], 1, "{ack}");
 }
 
 #[tokio::test]

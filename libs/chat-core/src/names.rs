@@ -8,6 +8,8 @@ use crate::{GatewayId, RoomId, UserId};
 pub const ROOM_SUBJECT_PREFIX: &str = "chat.room";
 /// All room events of all rooms (the room stream captures this).
 pub const ROOM_SUBJECT_ALL: &str = "chat.room.>";
+/// Messages of all rooms (what the history service stores).
+pub const ROOM_MSG_ALL: &str = "chat.room.*.msg";
 /// JetStream stream holding every room event, in room-sequence order per room.
 pub const ROOM_STREAM: &str = "CHAT_ROOMS";
 /// Durable consumer of the history service on [`ROOM_STREAM`].
@@ -49,9 +51,7 @@ pub fn room_subject(room: &RoomId, kind: EventKind) -> String {
     format!("{ROOM_SUBJECT_PREFIX}.{room}.{}", kind.as_str())
 }
 
-/// `chat.room.<room_id>.>`: every event of one room. Used as the optimistic
-/// concurrency scope (`Nats-Expected-Last-Subject-Sequence-Subject`) so all
-/// kinds share one gap-free room sequence.
+/// `chat.room.<room_id>.>`: every event of one room.
 pub fn room_filter(room: &RoomId) -> String {
     format!("{ROOM_SUBJECT_PREFIX}.{room}.>")
 }

@@ -53,3 +53,17 @@ pub async fn connect(
     }
     Ok(client)
 }
+
+/// Waits until the server has processed everything this client sent so far
+/// (in particular its subscriptions), by a request/reply round trip on the
+/// same connection: `flush` only writes to the socket. Call it before
+/// reporting ready, so no message sent afterwards misses a subscription.
+pub async fn round_trip(client: &async_nats::Client) -> Result<(), async_nats::Error> {
+    let subject = format!("_CHAT.SYNC.{}", client.new_inbox().replace('.', "_"));
+    match client.request(subject, bytes::Bytes::new()).await {
+        Ok(_) => Ok(()),
+        // Nobody listens on that subject: the server's answer is the round trip.
+        Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,14 +1,18 @@
 //! Appending room events with a gap-free room sequence.
 //!
-//! Every event of room R is published on `chat.room.R.<kind>` with
-//! `Nats-Expected-Last-Subject-Sequence` scoped (by
-//! `Nats-Expected-Last-Subject-Sequence-Subject`) to `chat.room.R.>`: the
-//! publish succeeds only if no other event of R was stored since the one we
-//! numbered from, so the room sequence (`Chat-Seq`, also in the payload) is
-//! assigned atomically with persistence. On a conflict the appender re-reads
-//! the room's last event and retries. Within one process, appends to one room
-//! are serialised by a per-room lock, so conflicts only arise between
-//! processes. See `docs/adr/0002-room-sequence.md`.
+//! Every message of room R is published on `chat.room.R.msg` with
+//! `Nats-Expected-Last-Subject-Sequence` (scoped by
+//! `Nats-Expected-Last-Subject-Sequence-Subject` to that subject): the
+//! publish succeeds only if no other message of R was stored since the one
+//! we numbered from, so the room sequence (`Chat-Seq`, also in the payload)
+//! is assigned atomically with persistence. On a conflict the appender
+//! re-reads the room's last message and retries. Within one process, appends
+//! to one room are serialised by a per-room lock, so conflicts only arise
+//! between processes.
+//!
+//! Other events (membership changes) take no number: they carry the
+//! sequence of the last message before them, which places them in the
+//! timeline. See `docs/adr/0002-room-sequence.md`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -86,10 +90,86 @@ impl RoomLog {
         tails.entry(room.clone()).or_default().clone()
     }
 
-    /// Appends `body` to `room` as the next room sequence. `dedup_id`, when
-    /// given, makes retries idempotent within the stream's de-duplication
-    /// window: a repeat returns the first event with `duplicate: true`.
+    /// Appends `body` to `room`. A message gets the next room sequence; any
+    /// other event gets the sequence of the room's last message. `dedup_id`,
+    /// when given, makes retries idempotent within the stream's
+    /// de-duplication window: a repeat returns the first event with
+    /// `duplicate: true`.
     pub async fn append(
+        &self,
+        room: &RoomId,
+        from: &UserId,
+        body: EventBody,
+        dedup_id: Option<&str>,
+    ) -> Result<Appended, AppendError> {
+        match body.kind() {
+            names::EventKind::Msg => self.append_message(room, from, body, dedup_id).await,
+            names::EventKind::Member => self.append_unnumbered(room, from, body, dedup_id).await,
+        }
+    }
+
+    /// Publishes an event that takes no number, positioned after the room's
+    /// last message.
+    async fn append_unnumbered(
+        &self,
+        room: &RoomId,
+        from: &UserId,
+        body: EventBody,
+        dedup_id: Option<&str>,
+    ) -> Result<Appended, AppendError> {
+        let current = {
+            let slot = self.tail_slot(room);
+            let mut tail = slot.lock().await;
+            match *tail {
+                Some(t) => t,
+                None => {
+                    let t = self.read_tail(room).await?;
+                    *tail = Some(t);
+                    t
+                }
+            }
+        };
+        let subject = names::room_subject(room, body.kind());
+        let event = RoomEvent {
+            v: SCHEMA_VERSION,
+            room: room.clone(),
+            seq: current.room_seq,
+            ts: chat_core::time::now_ms(),
+            from: from.clone(),
+            body,
+        };
+        let payload =
+            serde_json::to_vec(&event).map_err(|e| AppendError::Publish(e.to_string()))?;
+        let mut hdrs = HeaderMap::new();
+        hdrs.insert(headers::SCHEMA, SCHEMA_VERSION.to_string().as_str());
+        hdrs.insert(headers::ROOM_SEQ, event.seq.to_string().as_str());
+        if let Some(id) = dedup_id {
+            hdrs.insert(headers::MSG_ID, id);
+        }
+        let ack = self
+            .js
+            .publish_with_headers(subject, hdrs, payload.into())
+            .await
+            .map_err(|e| AppendError::Publish(e.to_string()))?
+            .await
+            .map_err(|e| AppendError::Publish(e.to_string()))?;
+        if ack.duplicate {
+            let event = self.read_event(ack.sequence).await?;
+            return Ok(Appended {
+                event,
+                stream_seq: ack.sequence,
+                duplicate: true,
+            });
+        }
+        Ok(Appended {
+            event,
+            stream_seq: ack.sequence,
+            duplicate: false,
+        })
+    }
+
+    /// Publishes a message as the room's next sequence.
+    async fn append_message(
         &self,
         room: &RoomId,
         from: &UserId,
@@ -99,7 +179,7 @@ impl RoomLog {
         let slot = self.tail_slot(room);
         let mut tail = slot.lock().await;
         let subject = names::room_subject(room, body.kind());
-        let scope = names::room_filter(room);
+        let scope = subject.clone();
         for _ in 0..MAX_ATTEMPTS {
             let current = match *tail {
                 Some(t) => t,
@@ -172,12 +252,12 @@ impl RoomLog {
         Err(AppendError::Contention)
     }
 
-    /// The last stored event's stream and room sequence for `room`
-    /// (zeros for a room with no events in the stream).
+    /// The last stored message's stream and room sequence for `room`
+    /// (zeros for a room with no messages in the stream).
     async fn read_tail(&self, room: &RoomId) -> Result<Tail, AppendError> {
         match self
             .stream
-            .direct_get_last_for_subject(names::room_filter(room))
+            .direct_get_last_for_subject(names::room_subject(room, names::EventKind::Msg))
             .await
         {
             Ok(msg) => {

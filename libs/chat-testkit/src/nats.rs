@@ -38,11 +38,18 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
-    /// Starts a single node and waits until JetStream answers.
+    /// Starts a single node and waits until JetStream answers. A port taken
+    /// between choosing and binding it (another test) is retried.
     pub async fn start() -> anyhow::Result<Self> {
-        let mut s = Self::spawn_new("n1".into(), None, vec![])?;
-        s.wait_ready().await?;
-        Ok(s)
+        let mut last = None;
+        for _ in 0..5 {
+            let mut s = Self::spawn_new("n1".into(), None, vec![])?;
+            match s.wait_ready().await {
+                Ok(()) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("nats-server did not start")))
     }
 
     fn spawn_new(

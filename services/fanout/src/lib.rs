@@ -111,6 +111,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
 
     let readiness = Readiness::new(Some(client.clone()));
     let view_ready = readiness.flag("presence view");
+    let subs_ready = readiness.flag("subscriptions");
     let http = tokio::spawn(chat_platform::http::serve(
         listener,
         ops_router(readiness),
@@ -141,6 +142,11 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
         .queue_subscribe(names::PRESENCE_USER_ALL, names::queue::FANOUT.into())
         .await
         .context("fanout: subscribe presence changes")?;
+    // Ready only once the server has the subscription.
+    chat_platform::nats::round_trip(&client)
+        .await
+        .map_err(|e| anyhow::anyhow!("fanout: subscriptions: {e}"))?;
+    subs_ready.store(true, Ordering::Release);
     let relay = tokio::spawn(relay::serve(fanout.clone(), relay_sub, shutdown.clone()));
     let pipeline = tokio::spawn(pipeline::serve(
         fanout,

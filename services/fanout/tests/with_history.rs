@@ -157,7 +157,12 @@ async fn events_of_a_room_made_through_history_reach_its_online_members() {
     let join = &by_seq[&join_seq];
     let bob_join = join
         .iter()
-        .find(|(s, _)| *s == names::gateway_deliver(&g("g2")))
+        // Membership events share the sequence of the message before them:
+        // pick bob's own join among them.
+        .find(|(s, d)| {
+            *s == names::gateway_deliver(&g("g2"))
+                && d.membership.as_ref().is_some_and(|m| m.user == u("bob"))
+        })
         .map(|(_, d)| d)
         .expect("bob receives his own join");
     let change = bob_join.membership.clone().expect("membership set");

@@ -80,7 +80,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
         .subscribe(names::gateway_deliver(&gw))
         .await
         .context("subscribe to deliveries")?;
-    nats.flush().await.context("flush subscription")?;
+    chat_platform::nats::round_trip(&nats)
+        .await
+        .map_err(|e| anyhow::anyhow!("deliveries subscription: {e}"))?;
     deliveries_ready.store(true, Ordering::Release);
     let registry = st.registry.clone();
     let delivery_task = tokio::spawn(async move {

@@ -98,13 +98,12 @@ async fn serve_nats(
     let consumer = setup::durable_consumer(
         &stream,
         names::HISTORY_DURABLE,
-        names::ROOM_SUBJECT_ALL,
+        names::ROOM_MSG_ALL,
         config.ack_wait,
         max_ack_pending,
         config.common.manage_nats,
     )
     .await?;
-    consumer_ready.store(true, Ordering::Release);
     tracing::info!(durable = names::HISTORY_DURABLE, "history consumer ready");
 
     let writer = tokio::spawn(writer::run(
@@ -120,7 +119,7 @@ async fn serve_nats(
         store,
         log: RoomLog::new(js, stream),
     };
-    let served = serve_requests(client, api, stop).await;
+    let served = serve_requests(client, api, stop, consumer_ready).await;
     stop.cancel();
     if let Err(e) = writer.await {
         tracing::error!(error = %e, "writer task failed");
@@ -129,15 +128,22 @@ async fn serve_nats(
 }
 
 /// Answers `svc.history.*` until `stop`, then waits for in-flight requests.
+/// Ready (consumer created, requests subscribed) is flagged only once the
+/// server has registered the subscription, so no request finds no responder.
 async fn serve_requests(
     client: &async_nats::Client,
     api: api::Api,
     stop: &Shutdown,
+    ready: &std::sync::atomic::AtomicBool,
 ) -> anyhow::Result<()> {
     let mut sub = client
         .queue_subscribe(names::svc::HISTORY_ALL, names::queue::HISTORY.to_string())
         .await
         .context("subscribe to svc.history.>")?;
+    chat_platform::nats::round_trip(&client)
+        .await
+        .map_err(|e| anyhow::anyhow!("the svc.history.> subscription: {e}"))?;
+    ready.store(true, Ordering::Release);
     let tracker = TaskTracker::new();
     let result = loop {
         let msg = tokio::select! {

@@ -68,6 +68,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
 
     let readiness = Readiness::new(Some(client.clone()));
     let view_ready = readiness.flag("presence view");
+    let subs_ready = readiness.flag("subscriptions");
     let view = PresenceView::new();
     let follower = tokio::spawn(follow(
         view.clone(),
@@ -97,6 +98,12 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
         .queue_subscribe(names::svc::PRESENCE_QUERY, names::queue::PRESENCE.into())
         .await
         .context("presence: subscribe queries")?;
+    // Ready only once the server has the subscriptions: no report or query
+    // sent after /readyz says 200 is lost.
+    chat_platform::nats::round_trip(&client)
+        .await
+        .map_err(|e| anyhow::anyhow!("presence: subscriptions: {e}"))?;
+    subs_ready.store(true, Ordering::Release);
     let reports = tokio::spawn(reports::serve(
         presence.clone(),
         reports_sub,

@@ -64,7 +64,10 @@ impl Harness {
             .with("CHAT_NATS_URL", self.nats.url())
             .with("CHAT_HISTORY_DB", self.db().display().to_string())
             .with("CHAT_HISTORY_BATCH", "16")
-            .with("CHAT_HISTORY_RETRY_MAX_MS", "200");
+            .with("CHAT_HISTORY_RETRY_MAX_MS", "200")
+            // A pull request left behind by a stopped instance may hold
+            // messages until their ack wait ends: keep it short here.
+            .with("CHAT_HISTORY_ACK_WAIT_MS", "3000");
         Config::from_source(&src).expect("test config is valid")
     }
 
