@@ -68,7 +68,7 @@ async fn two_users_chat_in_order_see_presence_and_read_history() {
         .await
         .expect("bob's offline presence reaches alice");
     assert_eq!(p["status"], "offline");
-    let (mut bob, welcome) = WsClient::connect_as(&sys.ws_url(), &b.token)
+    let (bob, welcome) = WsClient::connect_as(&sys.ws_url(), &b.token)
         .await
         .expect("bob again");
     assert!(

@@ -42,3 +42,14 @@ pub fn on_signal() -> Shutdown {
     });
     token
 }
+
+/// Waits until `flag` is set (true) or `shutdown` (false).
+pub async fn wait_until_set(flag: &std::sync::atomic::AtomicBool, shutdown: &Shutdown) -> bool {
+    while !flag.load(std::sync::atomic::Ordering::Acquire) {
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
+        }
+    }
+    true
+}

@@ -140,6 +140,39 @@ impl PresenceView {
     }
 }
 
+/// How long to wait before re-opening a watch that ended.
+const WATCH_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl PresenceView {
+    /// Follows `store` until `shutdown`, re-opening the watch whenever it
+    /// ends; sets `ready` once the bucket's contents are in the view.
+    pub async fn follow_until(
+        &self,
+        store: &kv::Store,
+        ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) {
+        while !shutdown.is_cancelled() {
+            let flag = ready.clone();
+            let watched = self.follow(store, move || {
+                flag.store(true, std::sync::atomic::Ordering::Release);
+            });
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                res = watched => {
+                    if let Err(e) = res {
+                        tracing::warn!(error = %e, "presence watch failed; re-opening");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(WATCH_RETRY) => {}
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,9 +36,6 @@ const MAX_ACK_PENDING: i64 = 10_000;
 /// How often to look for the presence bucket until the presence service
 /// (its owner, which sets its TTL) has created it.
 const BUCKET_POLL: Duration = Duration::from_millis(500);
-/// Pause before re-opening a KV watch that ended.
-const WATCH_RETRY: Duration = Duration::from_secs(1);
-
 /// A delivery that could not be published.
 #[derive(Debug, thiserror::Error)]
 #[error("publishing to gateway {gw}: {reason}")]
@@ -126,7 +123,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
     ));
     // Delivering before the view holds the bucket's contents would skip
     // online users as offline.
-    if !wait_flag(&view_ready, &shutdown).await {
+    if !chat_platform::shutdown::wait_until_set(&view_ready, &shutdown).await {
         return finish(client, http, follower).await;
     }
     tracing::info!(batch = config.batch, "presence view ready; fanout starting");
@@ -209,17 +206,7 @@ async fn follow(
                 }
             },
         };
-        let flag = ready.clone();
-        let watched = view.follow(&current, move || flag.store(true, Ordering::Release));
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            res = watched => {
-                if let Err(e) = res {
-                    tracing::warn!(error = %e, "presence watch failed");
-                }
-            }
-        }
-        pause(&shutdown, WATCH_RETRY).await;
+        view.follow_until(&current, ready.clone(), &shutdown).await;
     }
 }
 
@@ -228,15 +215,4 @@ async fn pause(shutdown: &Shutdown, d: Duration) {
         _ = shutdown.cancelled() => {}
         _ = tokio::time::sleep(d) => {}
     }
-}
-
-/// Waits until `flag` is set (true) or shutdown (false).
-async fn wait_flag(flag: &AtomicBool, shutdown: &Shutdown) -> bool {
-    while !flag.load(Ordering::Acquire) {
-        tokio::select! {
-            _ = shutdown.cancelled() => return false,
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-        }
-    }
-    true
 }

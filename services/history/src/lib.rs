@@ -140,7 +140,7 @@ async fn serve_requests(
         .queue_subscribe(names::svc::HISTORY_ALL, names::queue::HISTORY.to_string())
         .await
         .context("subscribe to svc.history.>")?;
-    chat_platform::nats::round_trip(&client)
+    chat_platform::nats::round_trip(client)
         .await
         .map_err(|e| anyhow::anyhow!("the svc.history.> subscription: {e}"))?;
     ready.store(true, Ordering::Release);

@@ -34,9 +34,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const EXPIRY_ACK_WAIT: Duration = Duration::from_secs(30);
 /// Unacked bucket changes one presence fleet may hold at once.
 const EXPIRY_MAX_ACK_PENDING: i64 = 10_000;
-/// Pause before re-opening a KV watch that ended.
-const WATCH_RETRY: Duration = Duration::from_secs(1);
-
 /// Runs the presence service until `shutdown`: connects to NATS, creates the
 /// bucket and the expiry consumer (unless `CHAT_MANAGE_NATS=false`), serves
 /// reports, expiry and queries plus `/healthz` `/readyz` `/metrics` on
@@ -84,7 +81,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
 
     // Reports need the bucket's current contents: a connect is "the user's
     // first gateway" only if the view knows the others.
-    if !wait_flag(&view_ready, &shutdown).await {
+    if !chat_platform::shutdown::wait_until_set(&view_ready, &shutdown).await {
         return finish(client, http, follower).await;
     }
     tracing::info!(ttl_ms = config.ttl.as_millis(), "presence view ready");
@@ -148,34 +145,7 @@ async fn finish(
     Ok(())
 }
 
-/// Keeps `view` in step with the bucket until shutdown, re-opening the watch
-/// if it ends.
+/// Keeps `view` in step with the bucket until shutdown.
 async fn follow(view: PresenceView, store: kv::Store, ready: Arc<AtomicBool>, shutdown: Shutdown) {
-    while !shutdown.is_cancelled() {
-        let flag = ready.clone();
-        let watched = view.follow(&store, move || flag.store(true, Ordering::Release));
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            res = watched => {
-                if let Err(e) = res {
-                    tracing::warn!(error = %e, "presence watch failed");
-                }
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(WATCH_RETRY) => {}
-        }
-    }
-}
-
-/// Waits until `flag` is set (true) or shutdown (false).
-async fn wait_flag(flag: &AtomicBool, shutdown: &Shutdown) -> bool {
-    while !flag.load(Ordering::Acquire) {
-        tokio::select! {
-            _ = shutdown.cancelled() => return false,
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-        }
-    }
-    true
+    view.follow_until(&store, ready, &shutdown).await;
 }
