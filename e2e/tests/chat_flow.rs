@@ -25,6 +25,17 @@ async fn two_users_chat_in_order_see_presence_and_read_history() {
         .await
         .expect("member event");
     assert_eq!(ev["op"], "join");
+    // Joining tells each side who is online.
+    let p = alice
+        .recv_where(|v| v["type"] == "presence" && v["user"] == b.user_id.as_str())
+        .await
+        .expect("bob's presence reaches alice when he joins");
+    assert_eq!(p["status"], "online");
+    let p = bob
+        .recv_where(|v| v["type"] == "presence" && v["user"] == a.user_id.as_str())
+        .await
+        .expect("alice's presence reaches bob when he joins");
+    assert_eq!(p["status"], "online");
 
     let mut seqs = Vec::new();
     for (i, text) in ["one", "two", "three"].iter().enumerate() {

@@ -162,6 +162,18 @@ async fn handle(fanout: &Fanout, msg: &Message) -> Outcome {
         return Outcome::Retry;
     }
     metrics::counter!("chat_fanout_events_total").increment(1);
+    if let EventBody::Member {
+        user,
+        op: MemberOp::Join,
+    } = &ev.body
+    {
+        // Best effort: the event itself is delivered, so a failure here is
+        // logged, not retried (a retry would deliver the event twice).
+        let out = crate::relay::presence_on_join(fanout, &recipients, user);
+        if let Err(e) = fanout.publish(out).await {
+            tracing::warn!(error = %e, "presence on join not delivered");
+        }
+    }
     Outcome::Done
 }
 

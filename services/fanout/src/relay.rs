@@ -78,6 +78,48 @@ async fn relay(fanout: &Fanout, payload: &[u8]) {
     }
 }
 
+/// When `joiner` joins a room of `members`: the online members learn that
+/// the joiner is online, and the joiner learns which members are online, so
+/// both sides start with the right presence without waiting for a change.
+pub fn presence_on_join(
+    fanout: &Fanout,
+    members: &BTreeSet<UserId>,
+    joiner: &UserId,
+) -> Vec<(chat_core::GatewayId, chat_core::events::Delivery)> {
+    let online_frame = |user: &UserId| {
+        serde_json::to_string(&ServerFrame::Presence {
+            user: user.clone(),
+            status: chat_core::events::PresenceStatus::Online,
+        })
+        .ok()
+    };
+    let mut out = Vec::new();
+    if !fanout.view.is_online(joiner) {
+        return out;
+    }
+    let others: BTreeSet<UserId> = members.iter().filter(|m| *m != joiner).cloned().collect();
+    if let Some(frame) = online_frame(joiner) {
+        out.extend(plan::deliveries(
+            &fanout.view,
+            &others,
+            &frame,
+            &Context::default(),
+        ));
+    }
+    let just_joiner: BTreeSet<UserId> = [joiner.clone()].into();
+    for m in others.iter().filter(|m| fanout.view.is_online(m)) {
+        if let Some(frame) = online_frame(m) {
+            out.extend(plan::deliveries(
+                &fanout.view,
+                &just_joiner,
+                &frame,
+                &Context::default(),
+            ));
+        }
+    }
+    out
+}
+
 /// Members of every room of `user`, without `user`.
 async fn co_members(fanout: &Fanout, user: &UserId) -> Result<BTreeSet<UserId>, HistoryError> {
     let mut out = BTreeSet::new();

@@ -497,3 +497,42 @@ async fn an_unparseable_event_is_terminated_and_counted_and_later_events_flow() 
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_join_tells_members_the_joiner_is_online_and_the_joiner_who_is_online() {
+    let mut app = spawn_app().await;
+    app.set_members("r9", &["alice", "bob"]);
+    app.online("alice", "g1").await;
+    app.online("gina", "g3").await;
+    // bob is a member but offline: nobody hears about him.
+
+    app.member("r9", "gina", MemberOp::Join).await;
+    let got = app.deliveries_before_room_sentinel().await;
+    let mut presence: Vec<(String, Vec<UserId>, serde_json::Value)> = got
+        .iter()
+        .filter(|(_, d)| d.seq.is_none())
+        .map(|(gw, d)| {
+            let frame: serde_json::Value = serde_json::from_str(&d.frame).expect("frame json");
+            assert_eq!(frame["type"], "presence");
+            assert_eq!(frame["status"], "online");
+            (gw.to_string(), d.users.clone(), frame["user"].clone())
+        })
+        .collect();
+    presence.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        presence,
+        vec![
+            (
+                "g1".to_string(),
+                vec![u("alice")],
+                serde_json::json!("gina")
+            ),
+            (
+                "g3".to_string(),
+                vec![u("gina")],
+                serde_json::json!("alice")
+            ),
+        ]
+    );
+    app.stop().await;
+}
