@@ -78,3 +78,19 @@ async fn a_silent_client_is_closed_with_4003_after_the_idle_timeout() {
         .expect("ping");
     chatty.recv_type("pong").await.expect("still connected");
 }
+
+#[tokio::test]
+async fn shutdown_closes_every_session_with_1001_and_the_services_stop() {
+    let sys = System::start().await.expect("system");
+    let (mut a, _) = sys.client("alice").await.expect("alice");
+    let (mut b, _) = sys.client("bob").await.expect("bob");
+    let stop = tokio::spawn(sys.stop());
+    for c in [&mut a, &mut b] {
+        let closed = c.closed().await.expect("closed");
+        assert_eq!(closed.code, 1001, "{closed:?}");
+    }
+    chat_testkit::within(std::time::Duration::from_secs(30), "graceful stop", stop)
+        .await
+        .expect("stop task")
+        .expect("every service stopped cleanly");
+}
