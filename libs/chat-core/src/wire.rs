@@ -17,9 +17,16 @@ pub const MAX_REQUEST_ID_LEN: usize = 64;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum ClientFrame {
-    /// Must be the first frame: authenticates the connection.
+    /// Must be the first frame: authenticates the connection. `resume`
+    /// maps rooms to the last message sequence the client has seen; the
+    /// gateway then sends what it missed before live messages.
     #[serde(rename = "hello")]
-    Hello { v: u32, token: String },
+    Hello {
+        v: u32,
+        token: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<std::collections::BTreeMap<RoomId, u64>>,
+    },
     /// Creates a room with the caller as first member.
     #[serde(rename = "room.create")]
     RoomCreate {
@@ -140,6 +147,16 @@ pub enum ServerFrame {
         room: RoomId,
         events: Vec<RoomEvent>,
         more: bool,
+    },
+    /// The missed messages of `room` after `after` were sent (up to `to`).
+    /// `complete: false` means the gap was too large or history was
+    /// unavailable: fetch `after < seq <= to` with `history`.
+    #[serde(rename = "resumed")]
+    Resumed {
+        room: RoomId,
+        after: u64,
+        to: u64,
+        complete: bool,
     },
     /// A co-member's presence changed.
     #[serde(rename = "presence")]

@@ -252,6 +252,11 @@ impl RoomLog {
         Err(AppendError::Contention)
     }
 
+    /// The room sequence of `room`'s last stored message (0 for none).
+    pub async fn last_seq(&self, room: &RoomId) -> Result<u64, AppendError> {
+        Ok(self.read_tail(room).await?.room_seq)
+    }
+
     /// The last stored message's stream and room sequence for `room`
     /// (zeros for a room with no messages in the stream).
     async fn read_tail(&self, room: &RoomId) -> Result<Tail, AppendError> {

@@ -29,6 +29,10 @@ pub struct Limits {
     /// `CHAT_GATEWAY_IDLE_TIMEOUT_MS` (60000): time without any frame from the
     /// client; 4003 after. Clients send `ping` to stay connected.
     pub idle_timeout: Duration,
+    /// `CHAT_GATEWAY_RESUME_MAX` (1000): most missed messages a resume
+    /// pushes per room; beyond it the client gets `complete: false` and
+    /// pages history itself.
+    pub resume_max: u64,
     /// `CHAT_GATEWAY_MAX_CONNECTIONS` (10000): connections per gateway process;
     /// upgrades beyond it get HTTP 503.
     pub max_connections: usize,
@@ -106,6 +110,7 @@ impl Config {
             auth_timeout: s.millis("CHAT_GATEWAY_AUTH_TIMEOUT_MS", Duration::from_secs(10))?,
             idle_timeout: s.millis("CHAT_GATEWAY_IDLE_TIMEOUT_MS", Duration::from_secs(60))?,
             max_connections: s.at_least("CHAT_GATEWAY_MAX_CONNECTIONS", 10_000usize, 1)?,
+            resume_max: s.at_least("CHAT_GATEWAY_RESUME_MAX", 1000u64, 1)?,
         };
         if limits.max_text_bytes >= limits.max_frame_bytes {
             return Err(ConfigError::Invalid {

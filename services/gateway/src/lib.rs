@@ -8,10 +8,12 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod http_routes;
+pub mod ordering;
 pub mod presence;
 pub mod registry;
 pub mod session;
 pub mod state;
+pub mod writer;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

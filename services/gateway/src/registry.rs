@@ -21,11 +21,27 @@ pub struct CloseReason {
     pub reason: String,
 }
 
+/// What a session's writer is asked to do, in order.
+#[derive(Debug)]
+pub enum Out {
+    /// Write this frame.
+    Frame(Utf8Bytes),
+    /// Write this message frame of `room` in sequence order (see
+    /// [`crate::ordering`]).
+    Msg {
+        room: RoomId,
+        seq: u64,
+        frame: Utf8Bytes,
+    },
+    /// Send what the client missed in `room` after `after`, then `resumed`.
+    Resume { room: RoomId, after: u64 },
+}
+
 /// The part of a session other tasks may touch.
 #[derive(Clone)]
 pub struct SessionHandle {
-    /// Frames to write; bounded by the queue depth.
-    pub tx: mpsc::Sender<Utf8Bytes>,
+    /// Work for the writer; bounded by the queue depth.
+    pub tx: mpsc::Sender<Out>,
     /// Cancelled to close the session; the reason is in `close_reason`.
     pub kill: CancellationToken,
     pub close_reason: Arc<Mutex<Option<CloseReason>>>,
@@ -47,7 +63,13 @@ impl SessionHandle {
 
     /// Queues a frame; on a full queue the session is closed as a slow consumer.
     pub fn push(&self, frame: Utf8Bytes) -> bool {
-        match self.tx.try_send(frame) {
+        self.push_out(Out::Frame(frame))
+    }
+
+    /// Queues writer work; on a full queue the session is closed as a slow
+    /// consumer.
+    pub fn push_out(&self, out: Out) -> bool {
+        match self.tx.try_send(out) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 metrics::counter!("chat_gateway_slow_consumer_closes_total").increment(1);
@@ -156,6 +178,12 @@ impl Registry {
     /// shared, not copied, per session. Returns the number of frames queued.
     pub fn deliver(&self, d: Delivery) -> usize {
         let frame = Utf8Bytes::from(d.frame);
+        // Messages are ordered per session; membership and presence frames
+        // carry no number of their own and pass as they come.
+        let msg = match (&d.room, d.seq, &d.membership) {
+            (Some(room), Some(seq), None) => Some((room.clone(), seq)),
+            _ => None,
+        };
         let mut targets = Vec::new();
         {
             let mut map = lock(&self.inner);
@@ -181,7 +209,14 @@ impl Registry {
         // Push outside the lock: closing a slow session must not block others.
         targets
             .into_iter()
-            .filter(|s| s.push(frame.clone()))
+            .filter(|s| match &msg {
+                Some((room, seq)) => s.push_out(Out::Msg {
+                    room: room.clone(),
+                    seq: *seq,
+                    frame: frame.clone(),
+                }),
+                None => s.push(frame.clone()),
+            })
             .count()
     }
 }

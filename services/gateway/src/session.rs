@@ -17,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::registry::{CloseReason, SessionHandle};
+use crate::registry::{Out, SessionHandle};
 use crate::state::AppState;
 
 /// Token bucket: `rate` frames per second, at most `burst` at once.
@@ -99,8 +99,8 @@ pub async fn run(st: AppState, socket: WebSocket, _permit: OwnedSemaphorePermit)
     let session_id = st.next_session.fetch_add(1, Ordering::Relaxed);
     let (mut sink, mut stream) = socket.split();
 
-    let user = match authenticate(&st, &mut stream).await {
-        Ok(user) => user,
+    let (user, resume) = match authenticate(&st, &mut stream).await {
+        Ok(ok) => ok,
         Err((code, reason, error_frame)) => {
             if let Some(f) = error_frame {
                 let _sent = sink.send(Message::Text(encode(&f))).await;
@@ -132,7 +132,8 @@ pub async fn run(st: AppState, socket: WebSocket, _permit: OwnedSemaphorePermit)
         {
             st.presence.connect(&user).await;
         }
-        let writer = tokio::spawn(write_loop(
+        let writer = tokio::spawn(crate::writer::run(
+            st.clone(),
             sink,
             rx,
             handle.kill.clone(),
@@ -146,6 +147,7 @@ pub async fn run(st: AppState, socket: WebSocket, _permit: OwnedSemaphorePermit)
             limits: st.config.limits.wire(),
         }));
         tracing::debug!("session authenticated");
+        resume_rooms(&st, &user, &handle, resume);
 
         read_loop(&st, &user, &handle, &mut stream).await;
 
@@ -168,10 +170,45 @@ pub async fn run(st: AppState, socket: WebSocket, _permit: OwnedSemaphorePermit)
 
 type AuthFailure = (u16, String, Option<ServerFrame>);
 
+/// Most rooms one `hello` may resume.
+pub const MAX_RESUME_ROOMS: usize = 1000;
+
+/// Asks the writer to catch the client up in each room it names.
+fn resume_rooms(st: &AppState, user: &UserId, handle: &SessionHandle, resume: Option<Resume>) {
+    for (i, (room, after)) in resume.into_iter().flatten().enumerate() {
+        let refused = if i >= MAX_RESUME_ROOMS {
+            Some((
+                ErrorCode::BadRequest,
+                format!("cannot resume {room}: more than {MAX_RESUME_ROOMS} rooms"),
+            ))
+        } else if !st.registry.is_member(user, &room) {
+            Some((
+                ErrorCode::NotMember,
+                format!("cannot resume {room}: not a member"),
+            ))
+        } else {
+            None
+        };
+        let ok = match refused {
+            Some((code, message)) => handle.push(encode(&ServerFrame::Error {
+                id: None,
+                code,
+                message,
+            })),
+            None => handle.push_out(Out::Resume { room, after }),
+        };
+        if !ok {
+            return;
+        }
+    }
+}
+
+type Resume = std::collections::BTreeMap<chat_core::RoomId, u64>;
+
 async fn authenticate(
     st: &AppState,
     stream: &mut SplitStream<WebSocket>,
-) -> Result<UserId, AuthFailure> {
+) -> Result<(UserId, Option<Resume>), AuthFailure> {
     let limits = &st.config.limits;
     let first = match tokio::time::timeout(limits.auth_timeout, next_frame(stream)).await {
         Err(_) => {
@@ -203,8 +240,8 @@ async fn authenticate(
             }),
         )
     };
-    let (v, token) = match serde_json::from_str::<ClientFrame>(&first) {
-        Ok(ClientFrame::Hello { v, token }) => (v, token),
+    let (v, token, resume) = match serde_json::from_str::<ClientFrame>(&first) {
+        Ok(ClientFrame::Hello { v, token, resume }) => (v, token, resume),
         Ok(_) => return Err(unauthorized("the first frame must be hello".into())),
         Err(e) => return Err(unauthorized(format!("the first frame must be hello: {e}"))),
     };
@@ -216,7 +253,7 @@ async fn authenticate(
         ));
     }
     match st.verifier.verify(&token).await {
-        Ok(claims) => Ok(claims.user),
+        Ok(claims) => Ok((claims.user, resume)),
         Err(e) => {
             metrics::counter!("chat_gateway_auth_failures_total").increment(1);
             Err(unauthorized(format!("invalid token: {e}")))
@@ -281,53 +318,7 @@ async fn read_loop(
     }
 }
 
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Utf8Bytes>,
-    kill: CancellationToken,
-    reason: Arc<Mutex<Option<CloseReason>>>,
-) {
-    loop {
-        tokio::select! {
-            biased;
-            _ = kill.cancelled() => break,
-            frame = rx.recv() => match frame {
-                Some(f) => {
-                    if sink.send(Message::Text(f)).await.is_err() {
-                        kill.cancel();
-                        return;
-                    }
-                    metrics::counter!("chat_gateway_frames_out_total").increment(1);
-                }
-                None => break,
-            },
-        }
-    }
-    let reason = match reason.lock() {
-        Ok(mut r) => r.take(),
-        Err(p) => p.into_inner().take(),
-    };
-    match reason {
-        Some(r) => {
-            // Frames already queued before a deliberate close (e.g. an error
-            // frame explaining it) are flushed first, except for a slow
-            // consumer whose queue is the problem.
-            if r.code != close::SLOW_CONSUMER {
-                while let Ok(f) = rx.try_recv() {
-                    if sink.send(Message::Text(f)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            close_sink(&mut sink, r.code, &r.reason).await;
-        }
-        None => {
-            let _closed = sink.close().await;
-        }
-    }
-}
-
-async fn close_sink(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason: &str) {
+pub(crate) async fn close_sink(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason: &str) {
     let frame = CloseFrame {
         code,
         reason: Utf8Bytes::from(truncate(reason, 120)),

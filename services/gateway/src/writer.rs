@@ -1,0 +1,199 @@
+//! A session's writer task: owns the socket's sink and drains the session's
+//! bounded queue in order. Message frames go through the per-room cursors:
+//! duplicates are dropped and gaps are filled from history first, so the
+//! client sees each room's messages once, in sequence. Resume requests are
+//! served here too, so catch-up and live messages cannot interleave wrongly.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use chat_core::names::svc as subjects;
+use chat_core::svc::{MAX_PAGE_LIMIT, Page, PageQuery};
+use chat_core::wire::{ServerFrame, close};
+use chat_core::{RoomId, SCHEMA_VERSION};
+use futures::SinkExt;
+use futures::stream::SplitSink;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::ordering::{Cursors, Step};
+use crate::registry::{CloseReason, Out};
+use crate::session::{close_sink, encode};
+use crate::state::AppState;
+
+/// How long a gap fill waits for history to catch up with the stream.
+const FILL_WAIT: Duration = Duration::from_secs(3);
+/// Pause between history polls while it catches up.
+const FILL_POLL: Duration = Duration::from_millis(25);
+
+type Sink = SplitSink<WebSocket, Message>;
+
+/// The socket went away while writing.
+struct Gone;
+
+async fn send(sink: &mut Sink, frame: Utf8Bytes) -> Result<(), Gone> {
+    sink.send(Message::Text(frame)).await.map_err(|_| Gone)?;
+    metrics::counter!("chat_gateway_frames_out_total").increment(1);
+    Ok(())
+}
+
+/// Runs until the queue closes, the socket fails, or `kill`; then closes the
+/// socket with the recorded reason.
+pub async fn run(
+    st: AppState,
+    mut sink: Sink,
+    mut rx: mpsc::Receiver<Out>,
+    kill: CancellationToken,
+    reason: Arc<Mutex<Option<CloseReason>>>,
+) {
+    let mut cursors = Cursors::default();
+    loop {
+        let out = tokio::select! {
+            biased;
+            _ = kill.cancelled() => break,
+            out = rx.recv() => out,
+        };
+        let Some(out) = out else { break };
+        if handle(&st, &mut sink, &mut cursors, out).await.is_err() {
+            kill.cancel();
+            return;
+        }
+    }
+    let reason = match reason.lock() {
+        Ok(mut r) => r.take(),
+        Err(p) => p.into_inner().take(),
+    };
+    match reason {
+        Some(r) => {
+            // Frames already queued before a deliberate close (e.g. an error
+            // frame explaining it) are flushed first, except for a slow
+            // consumer whose queue is the problem.
+            if r.code != close::SLOW_CONSUMER {
+                while let Ok(Out::Frame(f)) = rx.try_recv() {
+                    if send(&mut sink, f).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            close_sink(&mut sink, r.code, &r.reason).await;
+        }
+        None => {
+            let _closed = sink.close().await;
+        }
+    }
+}
+
+async fn handle(
+    st: &AppState,
+    sink: &mut Sink,
+    cursors: &mut Cursors,
+    out: Out,
+) -> Result<(), Gone> {
+    match out {
+        Out::Frame(f) => send(sink, f).await,
+        Out::Msg { room, seq, frame } => match cursors.step(&room, seq) {
+            Step::Duplicate => {
+                metrics::counter!("chat_gateway_duplicate_deliveries_dropped_total").increment(1);
+                Ok(())
+            }
+            Step::Send => {
+                send(sink, frame).await?;
+                cursors.advance(&room, seq);
+                Ok(())
+            }
+            Step::Gap { after, before } => {
+                metrics::counter!("chat_gateway_gaps_total").increment(1);
+                if !fill(st, sink, cursors, &room, after, before).await? {
+                    metrics::counter!("chat_gateway_gaps_unfilled_total").increment(1);
+                    tracing::warn!(%room, after, before, "gap not filled; the client sees the jump");
+                }
+                send(sink, frame).await?;
+                cursors.advance(&room, seq);
+                Ok(())
+            }
+        },
+        Out::Resume { room, after } => {
+            cursors.set(&room, after);
+            let latest = match st.log.last_seq(&room).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, %room, "resume: room tail unavailable");
+                    after
+                }
+            };
+            let max = st.config.limits.resume_max;
+            let complete = if latest.saturating_sub(after) > max {
+                // Too much to push: the client pages history for the range,
+                // and live messages continue from the tail.
+                cursors.set(&room, latest);
+                false
+            } else {
+                fill(st, sink, cursors, &room, after, latest + 1).await?
+            };
+            let to = cursors.last(&room).unwrap_or(after).max(latest);
+            metrics::counter!("chat_gateway_resumes_total", "complete" => complete.to_string())
+                .increment(1);
+            send(
+                sink,
+                encode(&ServerFrame::Resumed {
+                    room,
+                    after,
+                    to,
+                    complete,
+                }),
+            )
+            .await
+        }
+    }
+}
+
+/// Writes the messages `after < seq < before` of `room` from history, in
+/// order, advancing the cursor. History is written asynchronously, so a
+/// recent message may not be there yet: poll until it is, for up to
+/// [`FILL_WAIT`]. Returns whether the whole range was written.
+async fn fill(
+    st: &AppState,
+    sink: &mut Sink,
+    cursors: &mut Cursors,
+    room: &RoomId,
+    after: u64,
+    before: u64,
+) -> Result<bool, Gone> {
+    let deadline = tokio::time::Instant::now() + FILL_WAIT;
+    let mut cur = after;
+    while cur + 1 < before {
+        let query = PageQuery {
+            v: SCHEMA_VERSION,
+            room: room.clone(),
+            before: Some(before),
+            after: Some(cur),
+            limit: MAX_PAGE_LIMIT,
+        };
+        let page: Page = match st.request(subjects::HISTORY_PAGE, &query).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, %room, "gap fill: history unavailable");
+                return Ok(false);
+            }
+        };
+        let mut progressed = false;
+        for ev in page.events {
+            if ev.seq != cur + 1 {
+                // A hole: history has not caught up with this part yet.
+                break;
+            }
+            cur = ev.seq;
+            send(sink, encode(&ServerFrame::Event(ev))).await?;
+            cursors.advance(room, cur);
+            progressed = true;
+        }
+        if !progressed {
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(FILL_POLL).await;
+        }
+    }
+    Ok(true)
+}
