@@ -130,3 +130,21 @@ async fn resuming_a_room_you_are_not_in_is_refused() {
     let e = c.recv_type("error").await.expect("error");
     assert_eq!(e["code"], "not_member", "{e}");
 }
+
+#[tokio::test]
+async fn a_draining_gateway_tells_clients_where_to_resume_from() {
+    let sys = System::start().await.expect("system");
+    let (mut alice, _) = sys.client("alice").await.expect("alice");
+    let room = create_room(&mut alice, "r").await.expect("room");
+    for i in 1..=3 {
+        send(&mut alice, &room, &format!("m{i}"), "x")
+            .await
+            .expect("ack");
+    }
+    messages_until(&mut alice, &room, 3).await;
+    let stop = tokio::spawn(sys.stop());
+    let bye = alice.recv_type("reconnect").await.expect("reconnect frame");
+    assert_eq!(bye["resume"], json!({ room.clone(): 3 }), "{bye}");
+    assert_eq!(alice.closed().await.expect("closed").code, 1001);
+    stop.await.expect("stop task").expect("stopped");
+}

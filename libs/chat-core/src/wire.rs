@@ -158,6 +158,12 @@ pub enum ServerFrame {
         to: u64,
         complete: bool,
     },
+    /// Sent just before a server-initiated close that asks the client to
+    /// reconnect (1001): where it is in each room, to pass as `hello.resume`.
+    #[serde(rename = "reconnect")]
+    Reconnect {
+        resume: std::collections::BTreeMap<RoomId, u64>,
+    },
     /// A co-member's presence changed.
     #[serde(rename = "presence")]
     Presence {

@@ -52,6 +52,11 @@ impl Cursors {
         self.last.insert(room.clone(), seq);
     }
 
+    /// Every room's position (what a client would resume from).
+    pub fn positions(&self) -> std::collections::BTreeMap<RoomId, u64> {
+        self.last.iter().map(|(r, s)| (r.clone(), *s)).collect()
+    }
+
     /// The last written sequence of `room`.
     pub fn last(&self, room: &RoomId) -> Option<u64> {
         self.last.get(room).copied()

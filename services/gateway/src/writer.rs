@@ -76,6 +76,16 @@ pub async fn run(
                     }
                 }
             }
+            if r.code == close::GOING_AWAY {
+                // Drain: tell the client where it is, so it resumes on
+                // another gateway without a gap.
+                let frame = encode(&ServerFrame::Reconnect {
+                    resume: cursors.positions(),
+                });
+                if send(&mut sink, frame).await.is_err() {
+                    return;
+                }
+            }
             close_sink(&mut sink, r.code, &r.reason).await;
         }
         None => {
