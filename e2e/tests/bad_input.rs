@@ -248,3 +248,48 @@ async fn frames_beyond_the_rate_limit_get_rate_limited_errors() {
     }
     assert_eq!((pongs, limited), (3, 2));
 }
+
+#[tokio::test]
+async fn a_retry_after_the_stream_dedup_window_is_still_one_message() {
+    let window = Duration::from_millis(500);
+    let sys = System::start_with(&[("CHAT_STREAM_DEDUP_WINDOW_MS", "500")])
+        .await
+        .expect("system");
+    let (mut a, _) = sys.client("alice").await.expect("alice");
+    let room = create_room(&mut a, "r").await.expect("room");
+    let first = send(&mut a, &room, "late", "hello").await.expect("ack");
+    assert_eq!(first["seq"], 1, "{first}");
+    // History has it …
+    chat_testkit::eventually(
+        Duration::from_secs(10),
+        "history stores the message",
+        || {
+            let url = sys.ws_url();
+            let token = sys.login("alice");
+            let room = room.clone();
+            async move {
+                let token = token.await.ok()?.token;
+                let (mut c, _) = WsClient::connect_as(&url, &token).await.ok()?;
+                let p = chat_e2e::history(&mut c, &room, json!({})).await.ok()?;
+                (p["events"].as_array()?.len() == 1).then_some(())
+            }
+        },
+    )
+    .await;
+    // … and the stream has forgotten the id: the window is a time policy, so
+    // waiting it out is the condition itself.
+    tokio::time::sleep(window * 2).await;
+
+    let again = send(&mut a, &room, "late", "hello").await.expect("ack");
+    assert_eq!(
+        (again["seq"].as_u64(), again["duplicate"].as_bool()),
+        (Some(1), Some(true)),
+        "{again}"
+    );
+    let e = send(&mut a, &room, "late", "other text")
+        .await
+        .expect("reply");
+    assert_eq!(e["code"], "id_conflict", "{e}");
+    let next = send(&mut a, &room, "new", "next").await.expect("ack");
+    assert_eq!(next["seq"], 2, "no second copy was stored: {next}");
+}

@@ -127,6 +127,8 @@ pub mod svc {
     pub const HISTORY_USER_ROOMS: &str = "svc.history.user.rooms";
     /// A page of a room's history by room sequence.
     pub const HISTORY_PAGE: &str = "svc.history.page";
+    /// A stored message by sender and client message id.
+    pub const HISTORY_MESSAGE_FIND: &str = "svc.history.message.find";
     /// Every `svc.history.*` subject (the history service's queue subscription).
     pub const HISTORY_ALL: &str = "svc.history.>";
     /// Current presence of a list of users.

@@ -191,6 +191,24 @@ pub struct Page {
     pub more: bool,
 }
 
+/// `svc.history.message.find`: the message `from` sent to `room` with
+/// client message id `cmid`, if stored. Keeps sends idempotent beyond the
+/// stream's de-duplication window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageFind {
+    pub v: u32,
+    pub room: RoomId,
+    pub from: UserId,
+    pub cmid: crate::ClientMsgId,
+}
+
+/// Reply to `svc.history.message.find`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FoundMessage {
+    #[serde(default)]
+    pub event: Option<RoomEvent>,
+}
+
 /// `svc.presence.query`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PresenceQuery {

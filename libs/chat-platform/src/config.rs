@@ -272,6 +272,10 @@ pub struct Common {
     pub manage_nats: bool,
     /// `CHAT_STREAM_REPLICAS`: replicas of streams and buckets (default 1; 3 in production).
     pub stream_replicas: usize,
+    /// `CHAT_STREAM_DEDUP_WINDOW_MS`: the room stream's publish
+    /// de-duplication window (default 120000). Beyond it, the history store
+    /// keeps sends idempotent.
+    pub dedup_window: std::time::Duration,
 }
 
 impl Common {
@@ -289,6 +293,10 @@ impl Common {
             nats_creds: s.raw("CHAT_NATS_CREDS").map(PathBuf::from),
             manage_nats: s.bool("CHAT_MANAGE_NATS", true)?,
             stream_replicas,
+            dedup_window: s.millis(
+                "CHAT_STREAM_DEDUP_WINDOW_MS",
+                std::time::Duration::from_secs(120),
+            )?,
         })
     }
 }

@@ -90,7 +90,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
     let settings = StreamSettings {
         manage: config.common.manage_nats,
         replicas: config.common.stream_replicas,
-        ..StreamSettings::default()
+        dedup_window: config.common.dedup_window,
     };
     let stream = setup::room_stream(&js, &settings)
         .await

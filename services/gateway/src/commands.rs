@@ -129,6 +129,11 @@ async fn send(
     if !st.registry.is_member(user, &room) {
         return Err(GatewayError::NotMember(room.to_string()));
     }
+    // Beyond the stream's de-duplication window, the store remembers every
+    // (room, sender, client id): a late retry is answered from there.
+    if let Some(stored) = find_stored(st, user, &id, &room).await {
+        return duplicate_ack(user, id, room, &text, stored);
+    }
     // Scoped by room and sender, so two users (or rooms) may reuse ids.
     let dedup = format!("{room}.{user}.{id}");
     let appended = st
@@ -145,22 +150,67 @@ async fn send(
         .await
         .map_err(|e| GatewayError::Unavailable(e.to_string()))?;
     if appended.duplicate {
-        let same = appended.event.from == *user
-            && matches!(&appended.event.body, EventBody::Msg { cmid, text: t } if *cmid == id && *t == text);
-        if !same {
-            return Err(GatewayError::IdConflict(id.to_string()));
-        }
-        metrics::counter!("chat_gateway_duplicate_sends_total").increment(1);
-    } else {
-        metrics::counter!("chat_gateway_messages_sent_total").increment(1);
+        return duplicate_ack(user, id, room, &text, appended.event);
     }
+    metrics::counter!("chat_gateway_messages_sent_total").increment(1);
     Ok(ServerFrame::Ack {
         id,
         room,
         seq: appended.event.seq,
         ts: appended.event.ts,
-        duplicate: appended.duplicate,
+        duplicate: false,
     })
+}
+
+/// The ack for a repeated send: the stored message's sequence, or
+/// `id_conflict` when the id was used for different content.
+fn duplicate_ack(
+    user: &UserId,
+    id: ClientMsgId,
+    room: RoomId,
+    text: &str,
+    stored: chat_core::events::RoomEvent,
+) -> Result<ServerFrame, GatewayError> {
+    let same = stored.from == *user
+        && matches!(&stored.body, EventBody::Msg { cmid, text: t } if *cmid == id && t == text);
+    if !same {
+        return Err(GatewayError::IdConflict(id.to_string()));
+    }
+    metrics::counter!("chat_gateway_duplicate_sends_total").increment(1);
+    Ok(ServerFrame::Ack {
+        id,
+        room,
+        seq: stored.seq,
+        ts: stored.ts,
+        duplicate: true,
+    })
+}
+
+/// The stored message with this client id, if history has one. History
+/// being unavailable is not fatal: the stream's de-duplication still covers
+/// recent retries.
+async fn find_stored(
+    st: &AppState,
+    user: &UserId,
+    id: &ClientMsgId,
+    room: &RoomId,
+) -> Option<chat_core::events::RoomEvent> {
+    let query = svc::MessageFind {
+        v: SCHEMA_VERSION,
+        room: room.clone(),
+        from: user.clone(),
+        cmid: id.clone(),
+    };
+    match st
+        .request::<_, svc::FoundMessage>(subjects::HISTORY_MESSAGE_FIND, &query)
+        .await
+    {
+        Ok(found) => found.event,
+        Err(e) => {
+            tracing::warn!(error = %e, "idempotency lookup in history failed; relying on the stream window");
+            None
+        }
+    }
 }
 
 async fn create(

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use chat_core::events::{EventBody, MemberOp};
 use chat_core::names::svc;
 use chat_core::svc::{
-    ErrorCode, MAX_PAGE_LIMIT, Members, Membership, MembershipReply, Page, PageQuery, Room,
-    RoomCreate, RoomRef, SvcError, UserRef, UserRooms,
+    ErrorCode, FoundMessage, MAX_PAGE_LIMIT, Members, Membership, MembershipReply, MessageFind,
+    Page, PageQuery, Room, RoomCreate, RoomRef, SvcError, UserRef, UserRooms,
 };
 use chat_core::{RoomId, SCHEMA_VERSION, UserId};
 use chat_store::{HistoryStore, PageRange, StoreError};
@@ -80,6 +80,7 @@ impl Api {
             svc::HISTORY_ROOM_MEMBERS => self.respond(payload, Self::room_members).await,
             svc::HISTORY_USER_ROOMS => self.respond(payload, Self::user_rooms).await,
             svc::HISTORY_PAGE => self.respond(payload, Self::page).await,
+            svc::HISTORY_MESSAGE_FIND => self.respond(payload, Self::message_find).await,
             other => {
                 let e = err(ErrorCode::UnknownType, format!("unknown subject {other}"));
                 (encode::<()>(Err(e)), ErrorCode::UnknownType.as_str())
@@ -289,5 +290,18 @@ impl Api {
             events: page.events,
             more: page.more,
         })
+    }
+
+    /// `svc.history.message.find`: the stored message with this sender and
+    /// client message id (`event: null` if none).
+    #[instrument(skip_all, fields(room = %q.room, from = %q.from))]
+    async fn message_find(&self, q: MessageFind) -> Result<FoundMessage, SvcError> {
+        check_version(q.v)?;
+        let event = self
+            .store
+            .find_message(&q.room, &q.from, &q.cmid)
+            .await
+            .map_err(store_err)?;
+        Ok(FoundMessage { event })
     }
 }

@@ -90,7 +90,7 @@ async fn serve_nats(
     let settings = StreamSettings {
         manage: config.common.manage_nats,
         replicas: config.common.stream_replicas,
-        ..StreamSettings::default()
+        dedup_window: config.common.dedup_window,
     };
     let stream = setup::room_stream(&js, &settings).await?;
     let max_ack_pending =

@@ -46,7 +46,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
     let settings = StreamSettings {
         manage: config.common.manage_nats,
         replicas: config.common.stream_replicas,
-        ..StreamSettings::default()
+        dedup_window: config.common.dedup_window,
     };
     let store = setup::presence_bucket(&js, &settings, config.ttl)
         .await
