@@ -14,6 +14,8 @@ use crate::state::AppState;
 const DEFAULT_PAGE: u32 = 50;
 /// Longest room name.
 const MAX_ROOM_NAME: usize = 100;
+/// Longest wait for the idempotency lookup in history before sending anyway.
+const IDEMPOTENCY_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Best-effort request id of a frame that could not be processed, so the
 /// error can name the request it answers.
@@ -201,9 +203,12 @@ async fn find_stored(
         from: user.clone(),
         cmid: id.clone(),
     };
-    match st
-        .request::<_, svc::FoundMessage>(subjects::HISTORY_MESSAGE_FIND, &query)
+    // A hung history service must not hold every send for the full request
+    // timeout: this lookup gives up sooner.
+    let lookup = st.request::<_, svc::FoundMessage>(subjects::HISTORY_MESSAGE_FIND, &query);
+    match tokio::time::timeout(IDEMPOTENCY_LOOKUP_TIMEOUT, lookup)
         .await
+        .unwrap_or_else(|_| Err(GatewayError::Unavailable("lookup timed out".into())))
     {
         Ok(found) => found.event,
         Err(e) => {
