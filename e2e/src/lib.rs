@@ -3,6 +3,8 @@
 //! or as the real `chat` binary in a child process (for kill/restart tests).
 //! Clients are real WebSockets; login goes through the gateway's `/auth`.
 
+pub mod load;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -65,7 +67,8 @@ fn base_options(nats_url: &str, data: &Path, extra: &[(&str, &str)]) -> Vec<(Str
 
 /// The whole system in this process.
 pub struct System {
-    pub nats: NatsServer,
+    /// The NATS server the harness started (none when given a cluster).
+    pub nats: Option<NatsServer>,
     pub data: tempfile::TempDir,
     pub gateway: SocketAddr,
     shutdown: chat_platform::Shutdown,
@@ -80,24 +83,34 @@ impl System {
 
     /// Starts with extra `CHAT_…` options (overriding the harness's).
     pub async fn start_with(extra: &[(&str, &str)]) -> anyhow::Result<Self> {
-        chat_platform::telemetry::init_for_tests();
         let nats = NatsServer::start().await?;
+        let url = nats.url();
+        Self::start_on(Some(nats), &url, extra).await
+    }
+
+    /// Starts the services against NATS at `nats_url` (comma-separated
+    /// servers, e.g. a [`chat_testkit::NatsCluster`]).
+    pub async fn start_on(
+        nats: Option<NatsServer>,
+        nats_url: &str,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        chat_platform::telemetry::init_for_tests();
         let data = tempfile::tempdir()?;
         let mut src = MapSource::new();
-        for (k, v) in base_options(&nats.url(), data.path(), extra) {
+        for (k, v) in base_options(nats_url, data.path(), extra) {
             src = src.with(&k, v);
         }
         let shutdown = chat_platform::Shutdown::new();
-        let running = chat::start(Box::new(src), shutdown.clone()).await?;
-        running.wait_ready(Duration::from_secs(30)).await?;
-        let sys = Self {
+        let mut running = chat::start(Box::new(src), shutdown.clone()).await?;
+        running.wait_ready(Duration::from_secs(60)).await?;
+        Ok(Self {
             nats,
             data,
             gateway: running.gateway_addr,
             shutdown,
             running: Some(running),
-        };
-        Ok(sys)
+        })
     }
 
     /// `http://127.0.0.1:<port>`

@@ -40,8 +40,15 @@ pub async fn connect(
             .await
             .map_err(|e| err(format!("credentials file: {e}")))?;
     }
+    // CHAT_NATS_URL lists servers comma-separated; the client takes a list.
+    let servers: Vec<String> = common
+        .nats_url
+        .split(',')
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .collect();
     let client = opts
-        .connect(common.nats_url.as_str())
+        .connect(servers.as_slice())
         .await
         .map_err(|e| err(e.to_string()))?;
     let deadline = tokio::time::Instant::now() + timeout;

@@ -18,6 +18,32 @@ pub enum SetupError {
     Bucket { name: String, reason: String },
 }
 
+/// How long setup keeps retrying while JetStream is not usable yet (a
+/// cluster still electing leaders, a server still starting).
+const SETUP_RETRY_FOR: Duration = Duration::from_secs(60);
+
+/// Runs `op` until it succeeds or [`SETUP_RETRY_FOR`] has passed, backing
+/// off between attempts; the last error is returned.
+async fn retrying<T, E: std::fmt::Display, F, Fut>(what: &str, mut op: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let end = tokio::time::Instant::now() + SETUP_RETRY_FOR;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if tokio::time::Instant::now() < end => {
+                tracing::warn!(error = %e, retry_in = ?pause, "{what}: not ready yet");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// How streams and buckets are created.
 #[derive(Debug, Clone)]
 pub struct StreamSettings {
@@ -67,9 +93,11 @@ pub async fn room_stream(
         reason,
     };
     if s.manage {
-        js.get_or_create_stream(room_stream_config(s))
-            .await
-            .map_err(|e| err(e.to_string()))
+        retrying("room stream", || {
+            js.get_or_create_stream(room_stream_config(s))
+        })
+        .await
+        .map_err(|e| err(e.to_string()))
     } else {
         js.get_stream(names::ROOM_STREAM)
             .await
@@ -91,21 +119,20 @@ pub async fn durable_consumer(
         reason,
     };
     if manage {
-        stream
-            .get_or_create_consumer(
-                name,
-                consumer::pull::Config {
-                    durable_name: Some(name.to_string()),
-                    filter_subject: filter.to_string(),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait,
-                    max_ack_pending,
-                    deliver_policy: consumer::DeliverPolicy::All,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| err(e.to_string()))
+        let config = consumer::pull::Config {
+            durable_name: Some(name.to_string()),
+            filter_subject: filter.to_string(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait,
+            max_ack_pending,
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        };
+        retrying("durable consumer", || {
+            stream.get_or_create_consumer(name, config.clone())
+        })
+        .await
+        .map_err(|e| err(e.to_string()))
     } else {
         stream
             .get_consumer(name)
@@ -131,7 +158,7 @@ pub async fn presence_bucket(
     if !s.manage {
         return Err(err("not found and CHAT_MANAGE_NATS=false".into()));
     }
-    js.create_key_value(kv::Config {
+    let config = kv::Config {
         bucket: names::PRESENCE_BUCKET.to_string(),
         description: "user.gateway -> connections; expires without heartbeats".into(),
         history: 1,
@@ -140,7 +167,8 @@ pub async fn presence_bucket(
         num_replicas: s.replicas,
         limit_markers: Some(ttl.max(Duration::from_secs(1))),
         ..Default::default()
-    })
-    .await
-    .map_err(|e| err(e.to_string()))
+    };
+    retrying("presence bucket", || js.create_key_value(config.clone()))
+        .await
+        .map_err(|e| err(e.to_string()))
 }

@@ -197,7 +197,41 @@ impl NatsCluster {
         for n in nodes.iter_mut() {
             n.wait_ready().await?;
         }
-        Ok(Self { nodes })
+        let cluster = Self { nodes };
+        cluster.wait_replicated().await?;
+        Ok(cluster)
+    }
+
+    /// Waits until the cluster can place a stream on all three nodes (a
+    /// meta leader exists and every peer is known), by creating and
+    /// deleting a probe R3 stream.
+    pub async fn wait_replicated(&self) -> anyhow::Result<()> {
+        let nc = async_nats::ConnectOptions::new()
+            .connect(self.nodes[0].url())
+            .await
+            .context("connect to the cluster")?;
+        let js = async_nats::jetstream::new(nc);
+        let end = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let created = js
+                .create_stream(async_nats::jetstream::stream::Config {
+                    name: "TESTKIT_PROBE".into(),
+                    subjects: vec!["testkit.probe".into()],
+                    num_replicas: 3,
+                    ..Default::default()
+                })
+                .await;
+            match created {
+                Ok(_) => {
+                    let _deleted = js.delete_stream("TESTKIT_PROBE").await;
+                    return Ok(());
+                }
+                Err(e) if tokio::time::Instant::now() > end => {
+                    bail!("cluster cannot place an R3 stream within 30s: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     }
 
     /// All client URLs, comma-separated (as `CHAT_NATS_URL` takes them).

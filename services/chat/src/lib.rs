@@ -119,21 +119,30 @@ pub async fn start(env: Box<dyn Source>, shutdown: Shutdown) -> anyhow::Result<R
 
 impl Running {
     /// Waits until every service answers `/readyz` with 200, or `timeout`.
-    pub async fn wait_ready(&self, timeout: std::time::Duration) -> anyhow::Result<()> {
+    pub async fn wait_ready(&mut self, timeout: std::time::Duration) -> anyhow::Result<()> {
         let http = reqwest::Client::new();
         let end = tokio::time::Instant::now() + timeout;
         for (name, addr) in &self.services {
             loop {
-                let ok = http
-                    .get(format!("http://{addr}/readyz"))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
+                let (ok, why) = match http.get(format!("http://{addr}/readyz")).send().await {
+                    Ok(r) => (r.status().is_success(), r.text().await.unwrap_or_default()),
+                    Err(e) => (false, e.to_string()),
+                };
                 if ok {
                     break;
                 }
+                // A service that already stopped will never be ready.
+                if let Some(joined) = self.tasks.try_join_next() {
+                    let (stopped, result) = joined.context("service task panicked")?;
+                    self.shutdown.cancel();
+                    result.with_context(|| format!("{stopped} stopped while starting"))?;
+                    anyhow::bail!("{stopped} stopped while starting");
+                }
                 if tokio::time::Instant::now() > end {
-                    anyhow::bail!("{name} not ready within {timeout:?} (http://{addr}/readyz)");
+                    anyhow::bail!(
+                        "{name} not ready within {timeout:?} (http://{addr}/readyz): {}",
+                        why.trim()
+                    );
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(25)).await;
             }

@@ -6,7 +6,7 @@ use chat_platform::config::EnvSource;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     chat_platform::telemetry::init(&std::env::var("CHAT_LOG_FORMAT").unwrap_or_default());
-    let running = chat::start(
+    let mut running = chat::start(
         Box::new(EnvSource::load()?),
         chat_platform::shutdown::on_signal(),
     )
