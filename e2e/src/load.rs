@@ -17,6 +17,14 @@ const ACK_DEADLINE: Duration = Duration::from_secs(60);
 /// What a sender got acknowledged: client id → room sequence.
 pub type Acked = BTreeMap<String, u64>;
 
+/// A sender's outcome.
+#[derive(Debug, Default)]
+pub struct Sent {
+    pub acked: Acked,
+    /// Send frames written, retries included.
+    pub attempts: usize,
+}
+
 /// Sends `n` messages to `room` as `prefix-<i>`, one at a time; on an error
 /// or a dropped connection it retries the same id until acknowledged.
 pub async fn sender(
@@ -25,8 +33,9 @@ pub async fn sender(
     room: &str,
     prefix: &str,
     n: usize,
-) -> anyhow::Result<Acked> {
+) -> anyhow::Result<Sent> {
     let mut acked = Acked::new();
+    let mut attempts = 0;
     let mut conn: Option<WsClient> = None;
     for i in 0..n {
         let cmid = format!("{prefix}-{i}");
@@ -45,6 +54,7 @@ pub async fn sender(
                     }
                 },
             };
+            attempts += 1;
             match crate::send(c, room, &cmid, &format!("text of {cmid}")).await {
                 Ok(v) if v["type"] == "ack" => {
                     acked.insert(cmid.clone(), v["seq"].as_u64().context("ack seq")?);
@@ -64,7 +74,7 @@ pub async fn sender(
             }
         }
     }
-    Ok(acked)
+    Ok(Sent { acked, attempts })
 }
 
 /// Reads `room`'s messages until it has seen sequence `last`, resuming
@@ -139,6 +149,22 @@ pub async fn stored(ws_url: &str, token: &str, room: &str) -> anyhow::Result<Vec
             return Ok(out);
         }
     }
+}
+
+/// One line for `docs/reliability.md`: what was sent, acknowledged, stored
+/// and delivered, and how many duplicates and losses the checks found.
+pub fn report(
+    scenario: &str,
+    attempts: usize,
+    acked: usize,
+    stored: usize,
+    delivered: usize,
+) -> String {
+    let lost = acked.saturating_sub(stored);
+    let dups = delivered.saturating_sub(acked);
+    format!(
+        "fault-report | {scenario} | sent {attempts} | acked {acked} | stored {stored} | delivered {delivered} | duplicates shown {dups} | lost {lost} |"
+    )
 }
 
 /// The checks: acknowledged sequences are exactly 1..=N, history holds each
