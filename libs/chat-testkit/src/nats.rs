@@ -182,8 +182,20 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
-    /// Starts three nodes and waits until JetStream has a meta leader.
+    /// Starts three nodes and waits until they can hold R3 streams. A port
+    /// taken between choosing and binding it (another test) is retried.
     pub async fn start() -> anyhow::Result<Self> {
+        let mut last = None;
+        for _ in 0..3 {
+            match Self::start_once().await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("cluster did not start")))
+    }
+
+    async fn start_once() -> anyhow::Result<Self> {
         let cports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let mut nodes = Vec::new();
         for (i, cp) in cports.iter().enumerate() {
