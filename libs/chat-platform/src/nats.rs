@@ -74,3 +74,34 @@ pub async fn round_trip(client: &async_nats::Client) -> Result<(), async_nats::E
         Err(e) => Err(e.into()),
     }
 }
+
+/// Handles every message of `sub` in arrival order until `shutdown`; then
+/// drains the subscription, so messages the server already sent are still
+/// handled, and returns when the drain ends.
+pub async fn serve_until_drained<F, Fut>(
+    mut sub: async_nats::Subscriber,
+    shutdown: &crate::Shutdown,
+    what: &str,
+    mut handle: F,
+) where
+    F: FnMut(async_nats::Message) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use futures::StreamExt;
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled(), if !draining => {
+                draining = true;
+                if let Err(e) = sub.drain().await {
+                    tracing::warn!(error = %e, "draining {what} failed");
+                    return;
+                }
+            }
+            msg = sub.next() => match msg {
+                Some(msg) => handle(msg).await,
+                None => return,
+            },
+        }
+    }
+}

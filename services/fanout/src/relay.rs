@@ -7,7 +7,6 @@ use chat_core::events::PresenceChange;
 use chat_core::wire::ServerFrame;
 use chat_core::{SCHEMA_VERSION, UserId};
 use chat_platform::Shutdown;
-use futures::StreamExt;
 use tracing::instrument;
 
 use crate::Fanout;
@@ -15,23 +14,12 @@ use crate::members::HistoryError;
 use crate::plan::{self, Context};
 
 /// Relays changes until shutdown, then drains the subscription.
-pub async fn serve(fanout: Fanout, mut sub: async_nats::Subscriber, shutdown: Shutdown) {
-    let mut draining = false;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled(), if !draining => {
-                draining = true;
-                if let Err(e) = sub.drain().await {
-                    tracing::warn!(error = %e, "draining presence relay failed");
-                    break;
-                }
-            }
-            msg = sub.next() => match msg {
-                Some(msg) => relay(&fanout, &msg.payload).await,
-                None => break,
-            },
-        }
-    }
+pub async fn serve(fanout: Fanout, sub: async_nats::Subscriber, shutdown: Shutdown) {
+    chat_platform::nats::serve_until_drained(sub, &shutdown, "presence relay", |msg| {
+        let fanout = &fanout;
+        async move { relay(fanout, &msg.payload).await }
+    })
+    .await;
 }
 
 /// `presence.user.<user_id>`: tells every online co-member.

@@ -3,7 +3,6 @@
 
 use chat_core::svc::{ErrorCode, PresenceQuery, PresenceQueryReply, Reply, SvcError};
 use chat_platform::Shutdown;
-use futures::StreamExt;
 use tracing::instrument;
 
 use crate::state::Presence;
@@ -15,36 +14,27 @@ pub const MAX_QUERY_USERS: usize = 1000;
 pub async fn serve(
     presence: Presence,
     client: async_nats::Client,
-    mut sub: async_nats::Subscriber,
+    sub: async_nats::Subscriber,
     shutdown: Shutdown,
 ) {
-    let mut draining = false;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled(), if !draining => {
-                draining = true;
-                if let Err(e) = sub.drain().await {
-                    tracing::warn!(error = %e, "draining presence queries failed");
-                    break;
-                }
-            }
-            msg = sub.next() => match msg {
-                Some(msg) => {
-                    let Some(reply_to) = msg.reply.clone() else { continue };
-                    let reply = answer(&presence, &msg.payload);
-                    match serde_json::to_vec(&reply) {
-                        Ok(body) => {
-                            if let Err(e) = client.publish(reply_to, body.into()).await {
-                                tracing::warn!(error = %e, "presence query reply not sent");
-                            }
-                        }
-                        Err(e) => tracing::warn!(error = %e, "presence query reply not encoded"),
+    chat_platform::nats::serve_until_drained(sub, &shutdown, "presence queries", |msg| {
+        let (presence, client) = (&presence, &client);
+        async move {
+            let Some(reply_to) = msg.reply.clone() else {
+                return;
+            };
+            let reply = answer(presence, &msg.payload);
+            match serde_json::to_vec(&reply) {
+                Ok(body) => {
+                    if let Err(e) = client.publish(reply_to, body.into()).await {
+                        tracing::warn!(error = %e, "presence query reply not sent");
                     }
                 }
-                None => break,
-            },
+                Err(e) => tracing::warn!(error = %e, "presence query reply not encoded"),
+            }
         }
-    }
+    })
+    .await;
 }
 
 /// `svc.presence.query`: the subset of the asked users that is online.

@@ -15,23 +15,12 @@ const HEARTBEAT_CONCURRENCY: usize = 32;
 
 /// Serves reports until shutdown, then drains the subscription so reports
 /// already received are still applied.
-pub async fn serve(presence: Presence, mut sub: async_nats::Subscriber, shutdown: Shutdown) {
-    let mut draining = false;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled(), if !draining => {
-                draining = true;
-                if let Err(e) = sub.drain().await {
-                    tracing::warn!(error = %e, "draining presence reports failed");
-                    break;
-                }
-            }
-            msg = sub.next() => match msg {
-                Some(msg) => handle(&presence, &msg.payload).await,
-                None => break,
-            },
-        }
-    }
+pub async fn serve(presence: Presence, sub: async_nats::Subscriber, shutdown: Shutdown) {
+    chat_platform::nats::serve_until_drained(sub, &shutdown, "presence reports", |msg| {
+        let presence = &presence;
+        async move { handle(presence, &msg.payload).await }
+    })
+    .await;
 }
 
 /// `presence.in.<gateway_id>`: applies one report.
