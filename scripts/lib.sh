@@ -47,3 +47,20 @@ ensure_nats_server() {
 ensure_cargo() {
   command -v cargo >/dev/null || { echo "cargo (stable Rust) is needed: https://rustup.rs" >&2; return 1; }
 }
+
+# nginx and HAProxy (Debian packages) for the load-balancer tests. Installed
+# with apt-get when missing; the tests run them as ordinary processes.
+ensure_load_balancers() {
+  local missing=()
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+  command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "installing ${missing[*]} (apt-get) for the load-balancer tests" >&2
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  command -v apt-get >/dev/null || { echo "apt-get is needed to install ${missing[*]}" >&2; return 1; }
+  # Do not start the packaged services: the tests run their own instances.
+  export DEBIAN_FRONTEND=noninteractive RUNLEVEL=1
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 \
+    || { $sudo apt-get update -qq >&2 && $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2; }
+}

@@ -3,6 +3,7 @@
 //! or as the real `chat` binary in a child process (for kill/restart tests).
 //! Clients are real WebSockets; login goes through the gateway's `/auth`.
 
+pub mod deploy;
 pub mod load;
 
 use std::net::SocketAddr;
@@ -176,7 +177,7 @@ pub async fn wait_ready(base: &str) -> anyhow::Result<()> {
 }
 
 /// Path of the all-in-one binary built by the test command
-/// (`cargo build -p chat` runs before the tests); `CHAT_BIN` overrides.
+/// (the test command builds every binary before the tests); `CHAT_BIN` overrides.
 pub fn chat_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("CHAT_BIN") {
         return PathBuf::from(p);
@@ -213,7 +214,7 @@ impl ChatProcess {
         let bin = chat_bin();
         if !bin.exists() {
             bail!(
-                "{} is missing: run `cargo build -p chat` first (the test command does)",
+                "{} is missing: run `cargo build --workspace --bins` first (the test command does)",
                 bin.display()
             );
         }
@@ -326,4 +327,18 @@ pub async fn history(c: &mut WsClient, room: &str, query: Value) -> anyhow::Resu
     }
     c.send_json(&q).await?;
     c.recv_where(|v| v["id"] == "hist").await
+}
+
+/// Sum of every sample of `metric` in a Prometheus text exposition (0 when
+/// absent), whatever its labels.
+pub fn metric_sum(exposition: &str, metric: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            let base = name.split('{').next()?;
+            (base == metric).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
 }

@@ -26,9 +26,11 @@ pub struct Sent {
 }
 
 /// Sends `n` messages to `room` as `prefix-<i>`, one at a time; on an error
-/// or a dropped connection it retries the same id until acknowledged.
+/// or a dropped connection it retries the same id until acknowledged,
+/// reconnecting to the next of `urls` (like a client given several
+/// gateway addresses).
 pub async fn sender(
-    ws_url: &str,
+    urls: &[String],
     token: &str,
     room: &str,
     prefix: &str,
@@ -37,6 +39,7 @@ pub async fn sender(
     let mut acked = Acked::new();
     let mut attempts = 0;
     let mut conn: Option<WsClient> = None;
+    let mut next = 0;
     for i in 0..n {
         let cmid = format!("{prefix}-{i}");
         let end = tokio::time::Instant::now() + ACK_DEADLINE;
@@ -46,7 +49,7 @@ pub async fn sender(
             }
             let c = match conn.as_mut() {
                 Some(c) => c,
-                None => match WsClient::connect_as(ws_url, token).await {
+                None => match WsClient::connect_as(pick(urls, &mut next), token).await {
                     Ok((c, _)) => conn.insert(c),
                     Err(_) => {
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -77,18 +80,37 @@ pub async fn sender(
     Ok(Sent { acked, attempts })
 }
 
+/// The next URL to connect to, rotating.
+fn pick<'a>(urls: &'a [String], next: &mut usize) -> &'a str {
+    let url = urls
+        .get(*next % urls.len().max(1))
+        .map_or("", String::as_str);
+    *next += 1;
+    url
+}
+
+/// What a reader saw.
+#[derive(Debug, Default)]
+pub struct Read {
+    /// Every message sequence, in the order received.
+    pub seqs: Vec<u64>,
+    /// Connections after the first (each one resumed).
+    pub reconnects: usize,
+}
+
 /// Reads `room`'s messages until it has seen sequence `last`, resuming
-/// after any disconnect; returns every sequence in the order received.
+/// after any disconnect on the next of `urls`.
 pub async fn reader_until(
-    ws_url: &str,
+    urls: &[String],
     token: &str,
     room: &str,
     last: u64,
     deadline: Duration,
-) -> anyhow::Result<Vec<u64>> {
+) -> anyhow::Result<Read> {
     let end = tokio::time::Instant::now() + deadline;
     let mut seen: Vec<u64> = Vec::new();
     let mut conn: Option<WsClient> = None;
+    let (mut next, mut connects) = (0, 0usize);
     while seen.last().copied().unwrap_or(0) < last {
         if tokio::time::Instant::now() > end {
             bail!(
@@ -100,8 +122,11 @@ pub async fn reader_until(
             Some(c) => c,
             None => {
                 let from = seen.last().copied().unwrap_or(0);
-                match resume(ws_url, token, room, from).await {
-                    Ok(c) => conn.insert(c),
+                match resume(pick(urls, &mut next), token, room, from).await {
+                    Ok(c) => {
+                        connects += 1;
+                        conn.insert(c)
+                    }
                     Err(_) => {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
@@ -118,7 +143,10 @@ pub async fn reader_until(
             Err(_) => conn = None,
         }
     }
-    Ok(seen)
+    Ok(Read {
+        seqs: seen,
+        reconnects: connects.saturating_sub(1),
+    })
 }
 
 async fn resume(ws_url: &str, token: &str, room: &str, after: u64) -> anyhow::Result<WsClient> {
@@ -132,8 +160,24 @@ async fn resume(ws_url: &str, token: &str, room: &str, after: u64) -> anyhow::Re
     Ok(c)
 }
 
-/// Every stored message of `room` (paging forward), as (seq, client id).
-pub async fn stored(ws_url: &str, token: &str, room: &str) -> anyhow::Result<Vec<(u64, String)>> {
+/// Every stored message of `room` (paging forward), as (seq, client id),
+/// through the first of `urls` that answers.
+pub async fn stored(
+    urls: &[String],
+    token: &str,
+    room: &str,
+) -> anyhow::Result<Vec<(u64, String)>> {
+    let mut last = None;
+    for url in urls {
+        match stored_via(url, token, room).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no gateway URL")))
+}
+
+async fn stored_via(ws_url: &str, token: &str, room: &str) -> anyhow::Result<Vec<(u64, String)>> {
     let (mut c, _) = WsClient::connect_as(ws_url, token).await?;
     let mut out = Vec::new();
     let mut after = 0;
@@ -200,4 +244,201 @@ pub fn check_room(acked: &Acked, stored: &[(u64, String)], seen: &[u64]) -> Resu
         ));
     }
     Ok(())
+}
+
+/// Rooms per scenario, and senders per room (each room also has a reader).
+pub const ROOMS: usize = 2;
+pub const SENDERS: usize = 2;
+
+/// Messages per sender: 100 in CI (400 in all), or `CHAT_FAULT_PER_SENDER`
+/// (2500 is the full load of 10,000 messages; see docs/reliability.md).
+pub fn per_sender() -> usize {
+    std::env::var("CHAT_FAULT_PER_SENDER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100)
+}
+
+/// One room of a scenario: its id and the tokens of its members.
+#[derive(Debug, Clone)]
+pub struct RoomPlan {
+    pub room: String,
+    pub senders: Vec<String>,
+    pub reader: String,
+}
+
+/// The rooms of a scenario, and a token for checking history.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub rooms: Vec<RoomPlan>,
+    pub checker: String,
+}
+
+/// Logs users in through `http` (a gateway's or a load balancer's base
+/// URL) and creates [`ROOMS`] rooms with [`SENDERS`] senders and a reader
+/// each, over the WebSocket at `ws`.
+pub async fn prepare(http: &str, ws: &str) -> anyhow::Result<Plan> {
+    let owner = crate::login(http, "owner").await?;
+    let (mut oc, _) = WsClient::connect_as(ws, &owner.token).await?;
+    let mut rooms = Vec::new();
+    for r in 0..ROOMS {
+        let room = crate::create_room(&mut oc, &format!("room{r}")).await?;
+        let mut senders = Vec::new();
+        for s in 0..SENDERS {
+            let l = crate::login(http, &format!("s{r}x{s}")).await?;
+            let (mut c, _) = WsClient::connect_as(ws, &l.token).await?;
+            crate::join_room(&mut c, &room).await?;
+            senders.push(l.token);
+        }
+        let l = crate::login(http, &format!("reader{r}")).await?;
+        let (mut c, _) = WsClient::connect_as(ws, &l.token).await?;
+        crate::join_room(&mut c, &room).await?;
+        rooms.push(RoomPlan {
+            room,
+            senders,
+            reader: l.token,
+        });
+    }
+    Ok(Plan {
+        rooms,
+        checker: owner.token,
+    })
+}
+
+/// What a finished scenario counted.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Outcome {
+    /// Send frames written, retries included.
+    pub attempts: usize,
+    pub acked: usize,
+    pub stored: usize,
+    pub delivered: usize,
+    /// Reader reconnections (each resumed).
+    pub reconnects: usize,
+}
+
+type SenderTask = tokio::task::JoinHandle<anyhow::Result<Sent>>;
+type ReaderTask = tokio::task::JoinHandle<anyhow::Result<Read>>;
+
+/// A running load: senders and readers as tasks.
+pub struct Run {
+    plan: Plan,
+    urls: Vec<String>,
+    per_room: u64,
+    senders: Vec<(usize, SenderTask)>,
+    readers: Vec<ReaderTask>,
+}
+
+/// `urls` rotated left by `k`: client `k` starts on its own gateway.
+fn rotated(urls: &[String], k: usize) -> Vec<String> {
+    let mut v = urls.to_vec();
+    if !v.is_empty() {
+        v.rotate_left(k % urls.len());
+    }
+    v
+}
+
+impl Run {
+    /// Starts every sender and reader of `plan`. Client `k` connects to
+    /// `urls[k % len]` first and moves on to the next URL when its
+    /// connection fails, so with several gateways the clients are spread
+    /// over all of them (senders and the reader of a room on different
+    /// gateways).
+    pub fn start(plan: Plan, urls: Vec<String>, per_sender: usize, deadline: Duration) -> Self {
+        let per_room = (SENDERS * per_sender) as u64;
+        let mut senders = Vec::new();
+        let mut readers = Vec::new();
+        let mut k = 0;
+        for (r, rp) in plan.rooms.iter().enumerate() {
+            for (i, token) in rp.senders.iter().enumerate() {
+                let (u, t, room) = (rotated(&urls, k), token.clone(), rp.room.clone());
+                k += 1;
+                senders.push((
+                    r,
+                    tokio::spawn(async move {
+                        sender(&u, &t, &room, &format!("{room}-{i}"), per_sender).await
+                    }),
+                ));
+            }
+            let (u, t, room) = (rotated(&urls, k), rp.reader.clone(), rp.room.clone());
+            k += 1;
+            readers.push(tokio::spawn(async move {
+                reader_until(&u, &t, &room, per_room, deadline).await
+            }));
+        }
+        Self {
+            plan,
+            urls,
+            per_room,
+            senders,
+            readers,
+        }
+    }
+
+    /// Waits until history holds `fraction` of the first room's messages
+    /// (the moment to inject a fault).
+    pub async fn until_stored(&self, fraction: f64) {
+        let want = (self.per_room as f64 * fraction) as usize;
+        let (urls, token, room) = (
+            self.urls.clone(),
+            self.plan.checker.clone(),
+            self.plan.rooms[0].room.clone(),
+        );
+        chat_testkit::eventually(
+            Duration::from_secs(120),
+            &format!("{want} messages of the first room stored"),
+            || {
+                let (u, t, r) = (urls.clone(), token.clone(), room.clone());
+                async move {
+                    let s = stored(&u, &t, &r).await.ok()?;
+                    (s.len() >= want).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Waits for every sender and reader, then checks every room (see
+    /// [`check_room`]) and prints a `fault-report` line for `scenario`.
+    pub async fn finish(self, scenario: &str) -> anyhow::Result<Outcome> {
+        let mut acked_by_room: Vec<Acked> = vec![Acked::new(); self.plan.rooms.len()];
+        let mut out = Outcome::default();
+        for (r, h) in self.senders {
+            let sent = h.await.context("sender task")??;
+            out.attempts += sent.attempts;
+            acked_by_room[r].extend(sent.acked);
+        }
+        let mut reads = Vec::new();
+        for h in self.readers {
+            reads.push(h.await.context("reader task")??);
+        }
+        let urls = self.urls.clone();
+        for ((rp, acked), read) in self.plan.rooms.iter().zip(&acked_by_room).zip(&reads) {
+            let per_room = self.per_room as usize;
+            let stored = chat_testkit::eventually(
+                Duration::from_secs(60),
+                "history holds every message",
+                || {
+                    let (u, t, r) = (urls.clone(), self.plan.checker.clone(), rp.room.clone());
+                    async move {
+                        let s = stored(&u, &t, &r).await.ok()?;
+                        (s.len() >= per_room).then_some(s)
+                    }
+                },
+            )
+            .await;
+            check_room(acked, &stored, &read.seqs)
+                .map_err(|e| anyhow::anyhow!("room {}: {e}", rp.room))?;
+            out.acked += acked.len();
+            out.stored += stored.len();
+            out.delivered += read.seqs.len();
+            out.reconnects += read.reconnects;
+        }
+        eprintln!(
+            "{} | reader reconnects {}",
+            report(scenario, out.attempts, out.acked, out.stored, out.delivered),
+            out.reconnects
+        );
+        Ok(out)
+    }
 }

@@ -4,35 +4,29 @@
 
 use std::time::Duration;
 
-use chat_e2e::load::{self, Acked};
-use chat_e2e::{System, create_room, join_room};
-use chat_testkit::NatsCluster;
+use chat_e2e::System;
+use chat_e2e::deploy::Deployment;
+use chat_e2e::load::{self, Run};
+use chat_testkit::{NatsCluster, NatsServer};
 
-/// Rooms and senders per room.
-const ROOMS: usize = 2;
-const SENDERS: usize = 2;
-
-/// Messages per sender: 100 in CI (400 in all), or `CHAT_FAULT_PER_SENDER`
-/// (2500 is the full load of 10,000 messages; see docs/reliability.md).
-fn per_sender() -> usize {
-    std::env::var("CHAT_FAULT_PER_SENDER")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100)
-}
-/// R3 streams, and per-connection rates high enough for the load.
-const LOAD_OPTIONS: [(&str, &str); 3] = [
-    ("CHAT_STREAM_REPLICAS", "3"),
+/// Per-connection rates high enough for the load.
+const LOAD_OPTIONS: [(&str, &str); 2] = [
     ("CHAT_GATEWAY_RATE_PER_SEC", "10000"),
     ("CHAT_GATEWAY_RATE_BURST", "10000"),
 ];
 
+/// How long a reader may take to see its whole room.
+const READ_DEADLINE: Duration = Duration::from_secs(180);
+
 /// Index in `cluster.nodes` of the room stream's leader (nodes are named
 /// n1, n2, n3 by the test kit).
 async fn stream_leader(cluster: &NatsCluster) -> usize {
-    let nc = async_nats::connect(cluster.nodes[1].url())
-        .await
-        .expect("connect");
+    let urls: Vec<async_nats::ServerAddr> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.url().parse().expect("node url"))
+        .collect();
+    let nc = async_nats::connect(urls).await.expect("connect");
     let js = async_nats::jetstream::new(nc);
     let mut stream = js
         .get_stream(chat_core::names::ROOM_STREAM)
@@ -54,116 +48,141 @@ async fn stream_leader(cluster: &NatsCluster) -> usize {
 #[tokio::test]
 async fn losing_one_nats_node_of_three_loses_no_acknowledged_message() {
     let mut cluster = NatsCluster::start().await.expect("3-node cluster");
-    let sys = System::start_on(None, &cluster.urls(), &LOAD_OPTIONS)
+    let mut opts = LOAD_OPTIONS.to_vec();
+    opts.push(("CHAT_STREAM_REPLICAS", "3"));
+    let sys = System::start_on(None, &cluster.urls(), &opts)
         .await
         .expect("system on the cluster");
-    let url = sys.ws_url();
+    let urls = vec![sys.ws_url()];
+    let plan = load::prepare(&sys.http_url(), &sys.ws_url())
+        .await
+        .expect("rooms");
+    let run = Run::start(plan, urls, load::per_sender(), READ_DEADLINE);
 
-    // Rooms, each with its senders and one reader as members.
-    let (mut owner, _) = sys.client("owner").await.expect("owner");
-    let mut plan = Vec::new();
-    for r in 0..ROOMS {
-        let room = create_room(&mut owner, &format!("room{r}"))
-            .await
-            .expect("room");
-        let mut senders = Vec::new();
-        for s in 0..SENDERS {
-            let (mut c, login) = sys.client(&format!("s{r}x{s}")).await.expect("sender");
-            join_room(&mut c, &room).await.expect("join");
-            senders.push(login.token);
-        }
-        let (mut c, reader) = sys.client(&format!("reader{r}")).await.expect("reader");
-        join_room(&mut c, &room).await.expect("join");
-        plan.push((room, senders, reader.token));
-    }
-
-    let per_sender = per_sender();
-    let total = (SENDERS * per_sender) as u64;
-    let mut readers = Vec::new();
-    let mut senders = Vec::new();
-    for (room, tokens, reader) in &plan {
-        let (u, t, r) = (url.clone(), reader.clone(), room.clone());
-        readers.push(tokio::spawn(async move {
-            load::reader_until(&u, &t, &r, total, Duration::from_secs(120)).await
-        }));
-        for (i, token) in tokens.iter().enumerate() {
-            let (u, t, r) = (url.clone(), token.clone(), room.clone());
-            senders.push((
-                room.clone(),
-                tokio::spawn(async move {
-                    load::sender(&u, &t, &r, &format!("{r}-{i}"), per_sender).await
-                }),
-            ));
-        }
-    }
-
-    // Mid-run: SIGKILL one node, and bring it back later.
-    let first = sys.login("owner").await.expect("login").token;
-    let probe_room = plan[0].0.clone();
-    chat_testkit::eventually(
-        Duration::from_secs(60),
-        "a third of the load acknowledged",
-        || {
-            let (u, t, r) = (url.clone(), first.clone(), probe_room.clone());
-            async move {
-                let stored = load::stored(&u, &t, &r).await.ok()?;
-                (stored.len() as u64 >= total / 3).then_some(())
-            }
-        },
-    )
-    .await;
-    // The room stream's leader: losing it forces a leader election while
-    // sends are in flight (the hardest single-node loss).
+    // Mid-run, SIGKILL the room stream's leader: that forces a leader
+    // election while sends are in flight (the hardest single-node loss).
+    run.until_stored(1.0 / 3.0).await;
     let leader = stream_leader(&cluster).await;
     cluster.nodes[leader].kill();
-
-    let mut acked_by_room: Vec<(String, Acked)> = Vec::new();
-    let mut attempts = 0;
-    for (room, h) in senders {
-        let sent = h
-            .await
-            .expect("sender task")
-            .expect("every message acknowledged");
-        attempts += sent.attempts;
-        let acked = sent.acked;
-        match acked_by_room.iter_mut().find(|(r, _)| *r == room) {
-            Some((_, a)) => a.extend(acked),
-            None => acked_by_room.push((room, acked)),
-        }
-    }
+    run.until_stored(2.0 / 3.0).await;
     cluster.nodes[leader].restart().await.expect("node back");
 
-    let (mut acked_n, mut stored_n, mut delivered_n) = (0, 0, 0);
-    for ((room, acked), reader) in acked_by_room.iter().zip(readers) {
-        let seen = reader
-            .await
-            .expect("reader task")
-            .expect("reader saw everything");
-        let stored =
-            chat_testkit::eventually(Duration::from_secs(30), "history has every message", || {
-                let (u, t, r) = (url.clone(), first.clone(), room.clone());
-                async move {
-                    let s = load::stored(&u, &t, &r).await.ok()?;
-                    (s.len() as u64 >= total).then_some(s)
-                }
-            })
-            .await;
-        if let Err(e) = load::check_room(acked, &stored, &seen) {
-            panic!("room {room}: {e}");
-        }
-        acked_n += acked.len();
-        stored_n += stored.len();
-        delivered_n += seen.len();
-    }
-    eprintln!(
-        "{}",
-        load::report(
-            "3-node cluster, R3, one node SIGKILLed and restarted",
-            attempts,
-            acked_n,
-            stored_n,
-            delivered_n
-        )
-    );
+    run.finish("3-node cluster, R3, one node SIGKILLed and restarted")
+        .await
+        .expect("nothing lost, nothing repeated");
     sys.stop().await.expect("graceful stop");
+}
+
+#[tokio::test]
+async fn killing_one_instance_of_every_service_loses_nothing() {
+    let nats = NatsServer::start().await.expect("nats");
+    let mut d = Deployment::start(&nats.url(), 2, &LOAD_OPTIONS)
+        .await
+        .expect("two instances of every service");
+    let plan = load::prepare(&d.gateways[0].http_url(), &d.gateways[0].ws_url())
+        .await
+        .expect("rooms");
+    let run = Run::start(plan, d.ws_urls(), load::per_sender(), READ_DEADLINE);
+
+    run.until_stored(1.0 / 3.0).await;
+    d.gateways[0].kill();
+    d.fanouts[0].kill();
+    d.histories[0].kill();
+    d.presences[0].kill();
+
+    let out = run
+        .finish("two instances of each service, one of each SIGKILLed mid-run")
+        .await
+        .expect("nothing lost, nothing repeated");
+    // Clients were spread over both gateways: the killed one's reader had
+    // to resume on the other.
+    assert!(out.reconnects >= 1, "no reader was on the killed gateway");
+}
+
+#[tokio::test]
+async fn a_rolling_restart_of_both_gateways_resumes_every_client() {
+    let nats = NatsServer::start().await.expect("nats");
+    let mut d = Deployment::start(&nats.url(), 2, &LOAD_OPTIONS)
+        .await
+        .expect("two instances of every service");
+    let plan = load::prepare(&d.gateways[0].http_url(), &d.gateways[0].ws_url())
+        .await
+        .expect("rooms");
+    let run = Run::start(plan, d.ws_urls(), load::per_sender(), READ_DEADLINE);
+
+    // One gateway at a time: SIGTERM (clients get `reconnect` and 1001 and
+    // move to the other gateway), wait for a clean exit, start it again.
+    for (i, at) in [(0, 0.25), (1, 0.5)] {
+        run.until_stored(at).await;
+        let status = d.gateways[i]
+            .terminate(Duration::from_secs(20))
+            .await
+            .expect("gateway drains within its grace period");
+        assert!(status.success(), "gateway {i} exited with {status}");
+        d.gateways[i].start().await.expect("gateway back");
+    }
+
+    let out = run
+        .finish("rolling restart of both gateways (SIGTERM, restart)")
+        .await
+        .expect("nothing lost, nothing repeated");
+    assert!(
+        out.reconnects >= 2,
+        "each reader resumed at least once: {} reconnects",
+        out.reconnects
+    );
+}
+
+#[tokio::test]
+async fn a_failing_history_store_holds_the_backlog_and_drains_it_once() {
+    let nats = NatsServer::start().await.expect("nats");
+    let d = Deployment::start(&nats.url(), 1, &LOAD_OPTIONS)
+        .await
+        .expect("one instance of every service");
+    let plan = load::prepare(&d.gateways[0].http_url(), &d.gateways[0].ws_url())
+        .await
+        .expect("rooms");
+    let run = Run::start(plan, d.ws_urls(), load::per_sender(), READ_DEADLINE);
+
+    // Mid-run, another process takes the store's write lock and keeps it:
+    // every write of history fails (after its busy timeout) until released.
+    run.until_stored(0.25).await;
+    let db = rusqlite::Connection::open(d.history_db()).expect("open the history db");
+    db.execute_batch("BEGIN EXCLUSIVE").expect("write lock");
+    let history = &d.histories[0];
+    let metric =
+        |name: &'static str| async move { history.metric(name).await.expect("history /metrics") };
+    chat_testkit::eventually(Duration::from_secs(30), "history's writes fail", || async {
+        (metric("chat_history_store_failures_total").await >= 1.0).then_some(())
+    })
+    .await;
+    let stored_before = metric("chat_history_events_stored_total").await;
+    chat_testkit::eventually(Duration::from_secs(30), "more failed retries", || async {
+        (metric("chat_history_store_failures_total").await >= 3.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        metric("chat_history_events_stored_total").await,
+        stored_before,
+        "nothing is written while the store fails"
+    );
+    // The backlog is held in the stream for history, not dropped.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("nats"));
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_consumer_from_stream(
+            chat_core::names::HISTORY_DURABLE,
+            chat_core::names::ROOM_STREAM,
+        )
+        .await
+        .expect("history consumer");
+    let info = consumer.info().await.expect("consumer info");
+    assert!(
+        info.num_pending + info.num_ack_pending as u64 > 0,
+        "history's backlog is held: {info:?}"
+    );
+    db.execute_batch("COMMIT").expect("release the lock");
+
+    run.finish("history store failing for a while (write lock held by another process)")
+        .await
+        .expect("the backlog drained exactly once");
 }
