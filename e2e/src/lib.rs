@@ -4,6 +4,7 @@
 //! Clients are real WebSockets; login goes through the gateway's `/auth`.
 
 pub mod deploy;
+pub mod lb;
 pub mod load;
 
 use std::net::SocketAddr;

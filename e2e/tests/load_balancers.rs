@@ -1,0 +1,66 @@
+//! Two gateways behind a real load balancer (nginx, HAProxy): users land on
+//! different gateways and chat; one gateway is SIGKILLed mid-run and its
+//! clients reconnect through the load balancer to the other, resuming.
+//! The same checks as every fault scenario (see docs/reliability.md).
+
+use std::time::Duration;
+
+use chat_e2e::deploy::Deployment;
+use chat_e2e::lb::{Kind, LoadBalancer};
+use chat_e2e::load::{self, Run};
+use chat_testkit::NatsServer;
+
+const LOAD_OPTIONS: [(&str, &str); 2] = [
+    ("CHAT_GATEWAY_RATE_PER_SEC", "10000"),
+    ("CHAT_GATEWAY_RATE_BURST", "10000"),
+];
+
+async fn one_gateway_killed_behind(kind: Kind, scenario: &str) {
+    let nats = NatsServer::start().await.expect("nats");
+    let mut d = Deployment::start(&nats.url(), 2, &LOAD_OPTIONS)
+        .await
+        .expect("two instances of every service");
+    let backends: Vec<_> = d.gateways.iter().map(|g| g.addr).collect();
+    let lb = LoadBalancer::start(kind, &backends)
+        .await
+        .expect("load balancer");
+    let plan = load::prepare(&lb.http_url(), &lb.ws_url())
+        .await
+        .expect("rooms, through the load balancer");
+    let run = Run::start(
+        plan,
+        vec![lb.ws_url()],
+        load::per_sender(),
+        Duration::from_secs(180),
+    );
+
+    // The load balancer spread the clients: both gateways hold some.
+    for g in &d.gateways {
+        chat_testkit::eventually(
+            Duration::from_secs(20),
+            &format!("{} holds connections", g.name),
+            || async {
+                let n = g.metric("chat_gateway_connections").await.ok()?;
+                (n >= 1.0).then_some(())
+            },
+        )
+        .await;
+    }
+
+    run.until_stored(1.0 / 3.0).await;
+    d.gateways[0].kill();
+
+    run.finish(scenario)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{:?} log:\n{}", lb.kind, lb.log()));
+}
+
+#[tokio::test]
+async fn behind_nginx_one_gateway_killed_loses_nothing() {
+    one_gateway_killed_behind(Kind::Nginx, "two gateways behind nginx, one SIGKILLed").await;
+}
+
+#[tokio::test]
+async fn behind_haproxy_one_gateway_killed_loses_nothing() {
+    one_gateway_killed_behind(Kind::Haproxy, "two gateways behind HAProxy, one SIGKILLed").await;
+}
