@@ -214,66 +214,51 @@ impl Deployment {
             env
         };
 
-        let auth_addr = local_addr();
-        let mut auth = ServiceProcess::new(
-            "auth".into(),
-            "chat-auth",
-            with("CHAT_AUTH_LISTEN", auth_addr, &[]),
-            auth_addr,
-            dir,
-        );
+        let make = |name: String, bin: &str, key: &str, more: &[(&str, String)]| {
+            let a = local_addr();
+            ServiceProcess::new(name, bin, with(key, a, more), a, dir)
+        };
+        let mut auth = make("auth".into(), "chat-auth", "CHAT_AUTH_LISTEN", &[]);
         auth.start().await?;
+        let upstream = [
+            (
+                "CHAT_GATEWAY_AUTH_UPSTREAM",
+                format!("http://{}", auth.addr),
+            ),
+            (
+                "CHAT_GATEWAY_JWKS_URL",
+                format!("http://{}/.well-known/jwks.json", auth.addr),
+            ),
+        ];
 
         // Start order as in a deployment: history and presence first (the
         // gateway asks them), then fanout, then the gateways.
         let (mut histories, mut presences, mut fanouts, mut gateways) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for i in 1..=instances {
-            let a = local_addr();
-            let env = with("CHAT_HISTORY_LISTEN", a, &[]);
-            histories.push(ServiceProcess::new(
+            histories.push(make(
                 format!("history-{i}"),
                 "chat-history",
-                env,
-                a,
-                dir,
+                "CHAT_HISTORY_LISTEN",
+                &[],
             ));
-            let a = local_addr();
-            let env = with("CHAT_PRESENCE_LISTEN", a, &[]);
-            presences.push(ServiceProcess::new(
+            presences.push(make(
                 format!("presence-{i}"),
                 "chat-presence",
-                env,
-                a,
-                dir,
+                "CHAT_PRESENCE_LISTEN",
+                &[],
             ));
-            let a = local_addr();
-            let env = with("CHAT_FANOUT_LISTEN", a, &[]);
-            fanouts.push(ServiceProcess::new(
+            fanouts.push(make(
                 format!("fanout-{i}"),
                 "chat-fanout",
-                env,
-                a,
-                dir,
+                "CHAT_FANOUT_LISTEN",
+                &[],
             ));
-            let a = local_addr();
-            let env = with(
-                "CHAT_GATEWAY_LISTEN",
-                a,
-                &[
-                    ("CHAT_GATEWAY_AUTH_UPSTREAM", format!("http://{auth_addr}")),
-                    (
-                        "CHAT_GATEWAY_JWKS_URL",
-                        format!("http://{auth_addr}/.well-known/jwks.json"),
-                    ),
-                ],
-            );
-            gateways.push(ServiceProcess::new(
+            gateways.push(make(
                 format!("gateway-{i}"),
                 "chat-gateway",
-                env,
-                a,
-                dir,
+                "CHAT_GATEWAY_LISTEN",
+                &upstream,
             ));
         }
         for p in histories

@@ -19,30 +19,36 @@ const LOAD_OPTIONS: [(&str, &str); 2] = [
 const READ_DEADLINE: Duration = Duration::from_secs(180);
 
 /// Index in `cluster.nodes` of the room stream's leader (nodes are named
-/// n1, n2, n3 by the test kit).
-async fn stream_leader(cluster: &NatsCluster) -> usize {
+/// n1, n2, n3 by the test kit), asked through any node but `skip`.
+async fn stream_leader(cluster: &NatsCluster, skip: Option<usize>) -> Option<usize> {
     let urls: Vec<async_nats::ServerAddr> = cluster
         .nodes
         .iter()
-        .map(|n| n.url().parse().expect("node url"))
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != skip)
+        .map(|(_, n)| n.url().parse().expect("node url"))
         .collect();
-    let nc = async_nats::connect(urls).await.expect("connect");
+    let nc = async_nats::connect(urls).await.ok()?;
     let js = async_nats::jetstream::new(nc);
-    let mut stream = js
-        .get_stream(chat_core::names::ROOM_STREAM)
+    let mut stream = js.get_stream(chat_core::names::ROOM_STREAM).await.ok()?;
+    let info = stream.info().await.ok()?;
+    let leader = info.cluster.as_ref().and_then(|c| c.leader.clone())?;
+    let n = leader.trim_start_matches('n').parse::<usize>().ok()?;
+    Some(n - 1)
+}
+
+/// One NATS server, `instances` of every service as processes, and the
+/// load running with its clients spread over all gateways.
+async fn deployed_under_load(instances: usize) -> (NatsServer, Deployment, Run) {
+    let nats = NatsServer::start().await.expect("nats");
+    let d = Deployment::start(&nats.url(), instances, &LOAD_OPTIONS)
         .await
-        .expect("room stream");
-    let info = stream.info().await.expect("stream info");
-    let leader = info
-        .cluster
-        .as_ref()
-        .and_then(|c| c.leader.clone())
-        .expect("the stream has a leader");
-    leader
-        .trim_start_matches('n')
-        .parse::<usize>()
-        .map(|n| n - 1)
-        .unwrap_or_else(|_| panic!("unexpected node name {leader}"))
+        .expect("every service as processes");
+    let plan = load::prepare(&d.gateways[0].http_url(), &d.gateways[0].ws_url())
+        .await
+        .expect("rooms");
+    let run = Run::start(plan, d.ws_urls(), load::per_sender(), READ_DEADLINE);
+    (nats, d, run)
 }
 
 #[tokio::test]
@@ -62,7 +68,7 @@ async fn losing_one_nats_node_of_three_loses_no_acknowledged_message() {
     // Mid-run, SIGKILL the room stream's leader: that forces a leader
     // election while sends are in flight (the hardest single-node loss).
     run.until_stored(1.0 / 3.0).await;
-    let leader = stream_leader(&cluster).await;
+    let leader = stream_leader(&cluster, None).await.expect("stream leader");
     cluster.nodes[leader].kill();
     run.until_stored(2.0 / 3.0).await;
     cluster.nodes[leader].restart().await.expect("node back");
@@ -75,14 +81,7 @@ async fn losing_one_nats_node_of_three_loses_no_acknowledged_message() {
 
 #[tokio::test]
 async fn killing_one_instance_of_every_service_loses_nothing() {
-    let nats = NatsServer::start().await.expect("nats");
-    let mut d = Deployment::start(&nats.url(), 2, &LOAD_OPTIONS)
-        .await
-        .expect("two instances of every service");
-    let plan = load::prepare(&d.gateways[0].http_url(), &d.gateways[0].ws_url())
-        .await
-        .expect("rooms");
-    let run = Run::start(plan, d.ws_urls(), load::per_sender(), READ_DEADLINE);
+    let (_nats, mut d, run) = deployed_under_load(2).await;
 
     run.until_stored(1.0 / 3.0).await;
     d.gateways[0].kill();
@@ -101,14 +100,7 @@ async fn killing_one_instance_of_every_service_loses_nothing() {
 
 #[tokio::test]
 async fn a_rolling_restart_of_both_gateways_resumes_every_client() {
-    let nats = NatsServer::start().await.expect("nats");
-    let mut d = Deployment::start(&nats.url(), 2, &LOAD_OPTIONS)
-        .await
-        .expect("two instances of every service");
-    let plan = load::prepare(&d.gateways[0].http_url(), &d.gateways[0].ws_url())
-        .await
-        .expect("rooms");
-    let run = Run::start(plan, d.ws_urls(), load::per_sender(), READ_DEADLINE);
+    let (_nats, mut d, run) = deployed_under_load(2).await;
 
     // One gateway at a time: SIGTERM (clients get `reconnect` and 1001 and
     // move to the other gateway), wait for a clean exit, start it again.
@@ -135,14 +127,7 @@ async fn a_rolling_restart_of_both_gateways_resumes_every_client() {
 
 #[tokio::test]
 async fn a_failing_history_store_holds_the_backlog_and_drains_it_once() {
-    let nats = NatsServer::start().await.expect("nats");
-    let d = Deployment::start(&nats.url(), 1, &LOAD_OPTIONS)
-        .await
-        .expect("one instance of every service");
-    let plan = load::prepare(&d.gateways[0].http_url(), &d.gateways[0].ws_url())
-        .await
-        .expect("rooms");
-    let run = Run::start(plan, d.ws_urls(), load::per_sender(), READ_DEADLINE);
+    let (nats, d, run) = deployed_under_load(1).await;
 
     // Mid-run, another process takes the store's write lock and keeps it:
     // every write of history fails (after its busy timeout) until released.
@@ -185,4 +170,46 @@ async fn a_failing_history_store_holds_the_backlog_and_drains_it_once() {
     run.finish("history store failing for a while (write lock held by another process)")
         .await
         .expect("the backlog drained exactly once");
+}
+
+#[tokio::test]
+async fn partitioning_one_nats_node_away_and_healing_loses_nothing() {
+    let cluster = NatsCluster::start_partitionable()
+        .await
+        .expect("3-node cluster with cuttable routes");
+    let mut opts = LOAD_OPTIONS.to_vec();
+    opts.push(("CHAT_STREAM_REPLICAS", "3"));
+    // Two of each service: their NATS connections land on different nodes,
+    // so some are cut off with the partitioned node.
+    let d = Deployment::start(&cluster.urls(), 2, &opts)
+        .await
+        .expect("two instances of every service on the cluster");
+    let plan = load::prepare(&d.gateways[0].http_url(), &d.gateways[0].ws_url())
+        .await
+        .expect("rooms");
+    let run = Run::start(plan, d.ws_urls(), load::per_sender(), READ_DEADLINE);
+
+    // Mid-run, cut the room stream leader's routes. Its clients stay
+    // connected to it (a partition, not a crash) and see JetStream fail
+    // until the partition heals; the other two nodes elect a new leader.
+    run.until_stored(1.0 / 3.0).await;
+    let leader = stream_leader(&cluster, None).await.expect("stream leader");
+    cluster.partition(leader);
+    chat_testkit::eventually(
+        Duration::from_secs(30),
+        "the majority elects a new stream leader",
+        || async {
+            let l = stream_leader(&cluster, Some(leader)).await?;
+            (l != leader).then_some(())
+        },
+    )
+    .await;
+    // The partition lasts a few seconds of load (the fault's length, not a
+    // synchronisation).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.heal(leader);
+
+    run.finish("3-node cluster, R3, the stream leader partitioned away, then healed")
+        .await
+        .expect("nothing lost, nothing repeated");
 }

@@ -219,3 +219,62 @@ async fn the_gateway_drops_repeated_deliveries_and_fills_gaps_from_history() {
         "no repeat, the gap filled in order, the late real 5 dropped as a repeat"
     );
 }
+
+#[tokio::test]
+async fn heads_let_a_gateway_fill_a_room_tail_whose_delivery_never_came() {
+    let nats = chat_testkit::NatsServer::start().await.expect("nats");
+    let nc = async_nats::connect(nats.url()).await.expect("nats client");
+    let mut d = chat_e2e::deploy::Deployment::start(&nats.url(), 1, &[])
+        .await
+        .expect("every service as a process");
+    let (http, ws) = (d.gateways[0].http_url(), d.gateways[0].ws_url());
+    let a = chat_e2e::login(&http, "alice").await.expect("alice");
+    let b = chat_e2e::login(&http, "bob").await.expect("bob");
+    let (mut alice, _) = WsClient::connect_as(&ws, &a.token).await.expect("alice");
+    let (mut bob, welcome) = WsClient::connect_as(&ws, &b.token).await.expect("bob");
+    let gw = welcome["gateway"].as_str().expect("gateway id").to_string();
+    let room = create_room(&mut alice, "r").await.expect("room");
+    join_room(&mut bob, &room).await.expect("join");
+
+    // Fanout tells bob's gateway what it delivered there lately.
+    let mut heads = nc
+        .subscribe(format!("gw.{gw}.heads"))
+        .await
+        .expect("subscribe heads");
+    send(&mut alice, &room, "m1", "one").await.expect("ack");
+    messages_until(&mut bob, &room, 1).await;
+    let head = chat_testkit::within(
+        std::time::Duration::from_secs(10),
+        "a heads message",
+        async {
+            loop {
+                let m = futures::StreamExt::next(&mut heads).await.expect("heads");
+                let v: Value = serde_json::from_slice(&m.payload).expect("heads json");
+                if let Some(h) = v["heads"].as_array().and_then(|hs| {
+                    hs.iter()
+                        .find(|h| h["room"] == room.as_str() && h["seq"] == 1)
+                        .cloned()
+                }) {
+                    return h;
+                }
+            }
+        },
+    )
+    .await;
+    let users = head["users"].as_array().expect("users");
+    assert!(
+        users.contains(&json!(b.user_id)),
+        "bob is a recipient: {head}"
+    );
+
+    // Without fanout, message 2 is stored but never delivered; a head (as a
+    // fanout that delivered it would send) makes the gateway fill it.
+    d.fanouts[0].kill();
+    send(&mut alice, &room, "m2", "two").await.expect("ack");
+    let head = json!({"v": 1, "heads": [{"room": room, "seq": 2, "users": [b.user_id]}]});
+    nc.publish(format!("gw.{gw}.heads"), head.to_string().into())
+        .await
+        .expect("publish heads");
+    let (seqs, _) = messages_until(&mut bob, &room, 2).await;
+    assert_eq!(seqs, vec![2], "the tail filled from history");
+}

@@ -74,6 +74,27 @@ pub struct Delivery {
     pub membership: Option<MembershipChange>,
 }
 
+/// `gw.<gateway_id>.heads`: fanout → one gateway, every few seconds, the
+/// latest message sequence it delivered there per recently active room, with
+/// the recipients. Deliveries are core NATS and can be lost when a NATS node
+/// fails; a gateway whose session is behind a head fills the gap (from
+/// history) even when no later message of that room arrives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heads {
+    pub v: u32,
+    pub heads: Vec<Head>,
+}
+
+/// One room's head on one gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    pub room: RoomId,
+    /// The latest message sequence delivered to this gateway.
+    pub seq: u64,
+    /// Its recipients on this gateway.
+    pub users: Vec<UserId>,
+}
+
 /// A membership change carried on a delivery.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MembershipChange {

@@ -70,6 +70,12 @@ pub fn gateway_deliver(gw: &GatewayId) -> String {
     format!("gw.{gw}.deliver")
 }
 
+/// `gw.<gateway_id>.heads`: core NATS, fanout → one gateway, the latest
+/// message sequence per recently active room ([`crate::events::Heads`]).
+pub fn gateway_heads(gw: &GatewayId) -> String {
+    format!("gw.{gw}.heads")
+}
+
 /// `presence.in.<gateway_id>`: core NATS, a gateway's connect, disconnect and
 /// heartbeat reports to the presence service.
 pub fn presence_in(gw: &GatewayId) -> String {

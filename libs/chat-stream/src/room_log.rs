@@ -25,6 +25,8 @@ use chat_core::{RoomId, SCHEMA_VERSION, UserId};
 
 /// Attempts before giving up under extreme contention.
 const MAX_ATTEMPTS: usize = 64;
+/// Longest random pause between conflicting attempts, in milliseconds.
+const CONFLICT_PAUSE_MAX_MS: u64 = 20;
 
 /// Why an append failed. Nothing was stored unless `duplicate` is reported
 /// through [`Appended`].
@@ -180,7 +182,7 @@ impl RoomLog {
         let mut tail = slot.lock().await;
         let subject = names::room_subject(room, body.kind());
         let scope = subject.clone();
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
             let current = match *tail {
                 Some(t) => t,
                 None => {
@@ -236,10 +238,17 @@ impl RoomLog {
                         duplicate: false,
                     });
                 }
-                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                    // Another process appended to this room: re-read and retry.
+                Err(e) if is_conflict(&e) => {
+                    // Another process appended to this room: re-read and
+                    // retry, after a random pause that grows with repeated
+                    // conflicts, so racing gateways stop colliding in step.
                     *tail = None;
                     metrics::counter!("chat_room_append_conflicts_total").increment(1);
+                    if attempt > 0 {
+                        let cap = CONFLICT_PAUSE_MAX_MS.min(1 << attempt.min(6));
+                        let ms = rand::random_range(0..=cap);
+                        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    }
                 }
                 Err(e) => {
                     // The outcome is unknown (e.g. timeout): forget the tail so
@@ -301,4 +310,19 @@ impl RoomLog {
             reason: e.to_string(),
         })
     }
+}
+
+/// Whether a publish failed because the room's tail moved (another process
+/// appended first). A single node answers 10071 (`wrong last sequence: N`);
+/// a clustered stream's leader may answer 10164 (the same check, without
+/// the number), which async-nats reports as `Other`.
+fn is_conflict(e: &async_nats::jetstream::context::PublishError) -> bool {
+    if e.kind() == PublishErrorKind::WrongLastSequence {
+        return true;
+    }
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+        .is_some_and(|je| {
+            je.error_code() == async_nats::jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+        })
 }

@@ -2,10 +2,12 @@
 //! free ports with temp dirs, killed on drop; a WebSocket test client; and
 //! waiting on a condition with a deadline instead of sleeping.
 
+pub mod link;
 pub mod nats;
 pub mod wait;
 pub mod ws;
 
+pub use link::Link;
 pub use nats::{NatsCluster, NatsServer, free_port};
 pub use wait::{eventually, within};
 pub use ws::WsClient;

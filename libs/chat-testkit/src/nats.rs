@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use crate::link::Link;
+
 /// A port that was free a moment ago (bound on 127.0.0.1 and released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -34,6 +36,8 @@ pub struct NatsServer {
     pub cluster_port: Option<u16>,
     name: String,
     routes: Vec<u16>,
+    /// Cluster address told to other nodes (for implicit routes).
+    advertise: Option<String>,
     dir: tempfile::TempDir,
 }
 
@@ -43,7 +47,7 @@ impl NatsServer {
     pub async fn start() -> anyhow::Result<Self> {
         let mut last = None;
         for _ in 0..5 {
-            let mut s = Self::spawn_new("n1".into(), None, vec![])?;
+            let mut s = Self::spawn_new("n1".into(), None, vec![], None)?;
             match s.wait_ready().await {
                 Ok(()) => return Ok(s),
                 Err(e) => last = Some(e),
@@ -56,6 +60,7 @@ impl NatsServer {
         name: String,
         cluster_port: Option<u16>,
         routes: Vec<u16>,
+        advertise: Option<String>,
     ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("temp dir for nats-server")?;
         let mut s = Self {
@@ -64,6 +69,7 @@ impl NatsServer {
             cluster_port,
             name,
             routes,
+            advertise,
             dir,
         };
         s.spawn()?;
@@ -93,6 +99,9 @@ impl NatsServer {
                 .arg(format!("nats://127.0.0.1:{cp}"))
                 .arg("--routes")
                 .arg(routes.join(","));
+            if let Some(a) = &self.advertise {
+                cmd.arg("--cluster_advertise").arg(a);
+            }
         }
         let log = std::fs::File::create(self.dir.path().join("nats.log"))?;
         cmd.stdout(Stdio::null()).stderr(Stdio::from(log));
@@ -179,15 +188,28 @@ impl Drop for NatsServer {
 /// Three routed nats-servers with JetStream, for R3 streams.
 pub struct NatsCluster {
     pub nodes: Vec<NatsServer>,
+    /// Partitionable clusters: the route link from node `.0` to node `.1`.
+    links: Vec<(usize, usize, Link)>,
 }
 
 impl NatsCluster {
     /// Starts three nodes and waits until they can hold R3 streams. A port
     /// taken between choosing and binding it (another test) is retried.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_retrying(false).await
+    }
+
+    /// Like [`start`](Self::start), but every route goes through its own
+    /// [`Link`], so a node can be partitioned away from the others (its
+    /// client port stays reachable, as in a real partition) and healed.
+    pub async fn start_partitionable() -> anyhow::Result<Self> {
+        Self::start_retrying(true).await
+    }
+
+    async fn start_retrying(partitionable: bool) -> anyhow::Result<Self> {
         let mut last = None;
         for _ in 0..3 {
-            match Self::start_once().await {
+            match Self::start_once(partitionable).await {
                 Ok(c) => return Ok(c),
                 Err(e) => last = Some(e),
             }
@@ -195,21 +217,36 @@ impl NatsCluster {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("cluster did not start")))
     }
 
-    async fn start_once() -> anyhow::Result<Self> {
+    async fn start_once(partitionable: bool) -> anyhow::Result<Self> {
         let cports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let mut nodes = Vec::new();
+        let mut links = Vec::new();
         for (i, cp) in cports.iter().enumerate() {
-            let routes = cports.iter().copied().filter(|p| p != cp).collect();
+            let mut routes = Vec::new();
+            let mut advertise = None;
+            for (j, other) in cports.iter().enumerate().filter(|(j, _)| *j != i) {
+                if partitionable {
+                    let link = Link::start(([127, 0, 0, 1], *other).into()).await?;
+                    routes.push(link.port);
+                    links.push((i, j, link));
+                    // Nodes must only reach each other through the links:
+                    // what they advertise for implicit routes leads nowhere.
+                    advertise = Some(format!("127.0.0.1:{}", free_port()));
+                } else {
+                    routes.push(*other);
+                }
+            }
             nodes.push(NatsServer::spawn_new(
                 format!("n{}", i + 1),
                 Some(*cp),
                 routes,
+                advertise,
             )?);
         }
         for n in nodes.iter_mut() {
             n.wait_ready().await?;
         }
-        let cluster = Self { nodes };
+        let cluster = Self { nodes, links };
         cluster.wait_replicated().await?;
         Ok(cluster)
     }
@@ -242,6 +279,24 @@ impl NatsCluster {
                     bail!("cluster cannot place an R3 stream within 30s: {e}")
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Cuts every route to and from node `i` (a partitionable cluster's).
+    pub fn partition(&self, i: usize) {
+        for (a, b, link) in &self.links {
+            if *a == i || *b == i {
+                link.cut();
+            }
+        }
+    }
+
+    /// Restores node `i`'s routes.
+    pub fn heal(&self, i: usize) {
+        for (a, b, link) in &self.links {
+            if *a == i || *b == i {
+                link.restore();
             }
         }
     }

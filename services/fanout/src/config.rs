@@ -2,6 +2,7 @@
 //! options), validated at start.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use chat_platform::config::Common;
 use chat_platform::{ConfigError, Settings, Source};
@@ -23,6 +24,14 @@ pub struct Config {
     /// consumer (default 256, 1..=10000). Larger batches mean fewer round
     /// trips under load; events are still handled one by one, in order.
     pub batch: usize,
+    /// `CHAT_FANOUT_HEADS_INTERVAL_MS` (2000, at least 100): how often each
+    /// gateway is sent the latest message sequence delivered to it per
+    /// recently active room (`gw.<id>.heads`), so a lost delivery of a
+    /// room's last message is noticed and filled.
+    pub heads_interval: Duration,
+    /// `CHAT_FANOUT_HEADS_WINDOW_MS` (30000, at least the interval): how long
+    /// after its last message a room's head keeps being sent.
+    pub heads_window: Duration,
     /// NATS connection and resource management options.
     pub common: Common,
 }
@@ -49,9 +58,21 @@ impl Config {
                 reason: format!("must be at most {MAX_BATCH}"),
             });
         }
+        let heads_interval =
+            Duration::from_millis(s.at_least("CHAT_FANOUT_HEADS_INTERVAL_MS", 2000u64, 100)?);
+        let heads_window = s.millis("CHAT_FANOUT_HEADS_WINDOW_MS", Duration::from_secs(30))?;
+        if heads_window < heads_interval {
+            return Err(ConfigError::Invalid {
+                key: "CHAT_FANOUT_HEADS_WINDOW_MS".into(),
+                value: heads_window.as_millis().to_string(),
+                reason: "must be at least CHAT_FANOUT_HEADS_INTERVAL_MS".into(),
+            });
+        }
         Ok(Config {
             listen,
             batch,
+            heads_interval,
+            heads_window,
             common: Common::from_settings(&s)?,
         })
     }
@@ -67,6 +88,31 @@ mod tests {
         let c = Config::from_source(&MapSource::new()).expect("defaults are valid");
         assert_eq!(c.listen.to_string(), "127.0.0.1:8083");
         assert_eq!(c.batch, 256);
+        assert_eq!(c.heads_interval, Duration::from_secs(2));
+        assert_eq!(c.heads_window, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn heads_options_are_checked_at_their_edges() {
+        let ok = MapSource::new()
+            .with("CHAT_FANOUT_HEADS_INTERVAL_MS", "100")
+            .with("CHAT_FANOUT_HEADS_WINDOW_MS", "100");
+        let c = Config::from_source(&ok).expect("window equal to the interval");
+        assert_eq!(c.heads_interval, Duration::from_millis(100));
+        let fast = MapSource::new().with("CHAT_FANOUT_HEADS_INTERVAL_MS", "99");
+        let err = Config::from_source(&fast).expect_err("below 100 ms");
+        assert!(
+            err.to_string().contains("CHAT_FANOUT_HEADS_INTERVAL_MS"),
+            "{err}"
+        );
+        let short = MapSource::new()
+            .with("CHAT_FANOUT_HEADS_INTERVAL_MS", "5000")
+            .with("CHAT_FANOUT_HEADS_WINDOW_MS", "4999");
+        let err = Config::from_source(&short).expect_err("window below the interval");
+        assert!(
+            err.to_string().contains("CHAT_FANOUT_HEADS_WINDOW_MS"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! relays presence changes (`presence.user.*`) to co-members the same way.
 
 mod config;
+mod heads;
 mod members;
 mod pipeline;
 mod plan;
@@ -51,6 +52,7 @@ pub(crate) struct Fanout {
     history: History,
     members: MemberCache,
     view: PresenceView,
+    heads: heads::HeadBook,
 }
 
 impl Fanout {
@@ -71,6 +73,7 @@ impl Fanout {
                     reason: e.to_string(),
                 })?;
             metrics::counter!("chat_fanout_deliveries_total").increment(1);
+            self.heads.record(&gw, &delivery);
         }
         Ok(())
     }
@@ -134,7 +137,15 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
         members: MemberCache::new(history.clone()),
         history,
         view,
+        heads: heads::HeadBook::default(),
     };
+    let heads_task = tokio::spawn(heads::publish_loop(
+        client.clone(),
+        fanout.heads.clone(),
+        config.heads_interval,
+        config.heads_window,
+        shutdown.clone(),
+    ));
     let relay_sub = client
         .queue_subscribe(names::PRESENCE_USER_ALL, names::queue::FANOUT.into())
         .await
@@ -151,8 +162,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
         config.batch,
         shutdown.clone(),
     ));
-    let (p, r) = tokio::join!(pipeline, relay);
-    for (what, res) in [("pipeline", p), ("relay", r)] {
+    let (p, r, h) = tokio::join!(pipeline, relay, heads_task);
+    for (what, res) in [("pipeline", p), ("relay", r), ("heads", h)] {
         if let Err(err) = res {
             tracing::error!(error = %err, task = what, "fanout task failed");
         }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream;
-use chat_core::events::Delivery;
+use chat_core::events::{Delivery, Heads};
 use chat_core::names;
 use chat_platform::Shutdown;
 use chat_platform::http::Readiness;
@@ -82,6 +82,10 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
         .subscribe(names::gateway_deliver(&gw))
         .await
         .context("subscribe to deliveries")?;
+    let mut heads = nats
+        .subscribe(names::gateway_heads(&gw))
+        .await
+        .context("subscribe to heads")?;
     chat_platform::nats::round_trip(&nats)
         .await
         .map_err(|e| anyhow::anyhow!("deliveries subscription: {e}"))?;
@@ -99,6 +103,19 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
                     metrics::counter!("chat_gateway_bad_deliveries_total").increment(1);
                     tracing::warn!(error = %e, "unreadable delivery dropped");
                 }
+            }
+        }
+    });
+    let registry = st.registry.clone();
+    let heads_task = tokio::spawn(async move {
+        while let Some(msg) = heads.next().await {
+            match serde_json::from_slice::<Heads>(&msg.payload) {
+                Ok(h) => {
+                    for head in &h.heads {
+                        registry.head(head);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "unreadable heads dropped"),
             }
         }
     });
@@ -142,6 +159,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
         tracing::warn!(error = %e, "nats drain failed");
     }
     delivery_task.abort();
+    heads_task.abort();
     tracing::info!("gateway stopped");
     Ok(())
 }

@@ -35,6 +35,9 @@ pub enum Out {
     },
     /// Send what the client missed in `room` after `after`, then `resumed`.
     Resume { room: RoomId, after: u64 },
+    /// Fanout delivered up to `seq` of `room`: fill anything the session
+    /// has not written yet (a lost delivery of the room's last messages).
+    Head { room: RoomId, seq: u64 },
 }
 
 /// The part of a session other tasks may touch.
@@ -172,6 +175,30 @@ impl Registry {
     /// Number of open sessions.
     pub fn session_count(&self) -> usize {
         lock(&self.inner).values().map(|e| e.sessions.len()).sum()
+    }
+
+    /// Passes a head to every session of its users that is in its room. A
+    /// full queue is left alone: it already has work that will show any gap.
+    pub fn head(&self, h: &chat_core::events::Head) -> usize {
+        let targets: Vec<SessionHandle> = {
+            let map = lock(&self.inner);
+            h.users
+                .iter()
+                .filter_map(|u| map.get(u))
+                .filter(|e| e.rooms.contains(&h.room))
+                .flat_map(|e| e.sessions.values().cloned())
+                .collect()
+        };
+        targets
+            .into_iter()
+            .filter(|s| {
+                s.tx.try_send(Out::Head {
+                    room: h.room.clone(),
+                    seq: h.seq,
+                })
+                .is_ok()
+            })
+            .count()
     }
 
     /// Writes a delivery's frame to every session of its users. The frame is

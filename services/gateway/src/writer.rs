@@ -29,11 +29,20 @@ const FILL_POLL: Duration = Duration::from_millis(25);
 
 type Sink = SplitSink<WebSocket, Message>;
 
-/// The socket went away while writing.
-struct Gone;
+/// Why the writer stops early.
+enum Stop {
+    /// The socket went away while writing.
+    Gone,
+    /// Messages the client must see next could not be read in time (a gap
+    /// that history could not fill): rather than skip them, the session
+    /// ends with `reconnect` and 1001, and the client resumes.
+    Resync,
+}
 
-async fn send(sink: &mut Sink, frame: Utf8Bytes) -> Result<(), Gone> {
-    sink.send(Message::Text(frame)).await.map_err(|_| Gone)?;
+async fn send(sink: &mut Sink, frame: Utf8Bytes) -> Result<(), Stop> {
+    sink.send(Message::Text(frame))
+        .await
+        .map_err(|_| Stop::Gone)?;
     metrics::counter!("chat_gateway_frames_out_total").increment(1);
     Ok(())
 }
@@ -55,9 +64,27 @@ pub async fn run(
             out = rx.recv() => out,
         };
         let Some(out) = out else { break };
-        if handle(&st, &mut sink, &mut cursors, out).await.is_err() {
-            kill.cancel();
-            return;
+        match handle(&st, &mut sink, &mut cursors, out).await {
+            Ok(()) => {}
+            Err(Stop::Gone) => {
+                kill.cancel();
+                return;
+            }
+            Err(Stop::Resync) => {
+                let frame = encode(&ServerFrame::Reconnect {
+                    resume: cursors.positions(),
+                });
+                if send(&mut sink, frame).await.is_ok() {
+                    close_sink(
+                        &mut sink,
+                        close::GOING_AWAY,
+                        "missed messages not readable yet: reconnect and resume",
+                    )
+                    .await;
+                }
+                kill.cancel();
+                return;
+            }
         }
     }
     let reason = match reason.lock() {
@@ -99,7 +126,7 @@ async fn handle(
     sink: &mut Sink,
     cursors: &mut Cursors,
     out: Out,
-) -> Result<(), Gone> {
+) -> Result<(), Stop> {
     match out {
         Out::Frame(f) => send(sink, f).await,
         Out::Msg { room, seq, frame } => match cursors.step(&room, seq) {
@@ -116,32 +143,56 @@ async fn handle(
                 metrics::counter!("chat_gateway_gaps_total").increment(1);
                 if !fill(st, sink, cursors, &room, after, before).await? {
                     metrics::counter!("chat_gateway_gaps_unfilled_total").increment(1);
-                    tracing::warn!(%room, after, before, "gap not filled; the client sees the jump");
+                    tracing::warn!(%room, after, before, "gap not filled in time; the client is asked to resume");
+                    return Err(Stop::Resync);
                 }
                 send(sink, frame).await?;
                 cursors.advance(&room, seq);
                 Ok(())
             }
         },
+        Out::Head { room, seq } => match cursors.last(&room) {
+            // Behind the head: some delivery never arrived.
+            Some(last) if last < seq => {
+                metrics::counter!("chat_gateway_gaps_total").increment(1);
+                if fill(st, sink, cursors, &room, last, seq + 1).await? {
+                    Ok(())
+                } else {
+                    metrics::counter!("chat_gateway_gaps_unfilled_total").increment(1);
+                    tracing::warn!(%room, last, seq, "missed tail not filled in time; the client is asked to resume");
+                    Err(Stop::Resync)
+                }
+            }
+            // Up to date, or no position in this room yet (the next message
+            // starts it).
+            _ => Ok(()),
+        },
         Out::Resume { room, after } => {
             cursors.set(&room, after);
             let latest = match st.log.last_seq(&room).await {
-                Ok(l) => l,
+                Ok(l) => Some(l),
                 Err(e) => {
                     tracing::warn!(error = %e, %room, "resume: room tail unavailable");
-                    after
+                    None
                 }
             };
             let max = st.config.limits.resume_max;
-            let complete = if latest.saturating_sub(after) > max {
-                // Too much to push: the client pages history for the range,
-                // and live messages continue from the tail.
-                cursors.set(&room, latest);
-                false
-            } else {
-                fill(st, sink, cursors, &room, after, latest + 1).await?
+            let complete = match latest {
+                // Unknown tail: the client cannot be told it is complete;
+                // live messages still fill any gap before they are written.
+                None => false,
+                Some(latest) if latest.saturating_sub(after) > max => {
+                    // Too much to push: the client pages history for the
+                    // range, and live messages continue from the tail.
+                    cursors.set(&room, latest);
+                    false
+                }
+                Some(latest) => fill(st, sink, cursors, &room, after, latest + 1).await?,
             };
-            let to = cursors.last(&room).unwrap_or(after).max(latest);
+            let to = cursors
+                .last(&room)
+                .unwrap_or(after)
+                .max(latest.unwrap_or(after));
             metrics::counter!("chat_gateway_resumes_total", "complete" => complete.to_string())
                 .increment(1);
             send(
@@ -169,7 +220,7 @@ async fn fill(
     room: &RoomId,
     after: u64,
     before: u64,
-) -> Result<bool, Gone> {
+) -> Result<bool, Stop> {
     let deadline = tokio::time::Instant::now() + FILL_WAIT;
     let mut cur = after;
     while cur + 1 < before {
