@@ -149,6 +149,31 @@ pub async fn reader_until(
     })
 }
 
+/// Resumes `room` after `after` on a new connection and collects the
+/// pushed messages up to the `resumed` frame; returns their sequences and
+/// that frame.
+pub async fn resume_once(
+    ws_url: &str,
+    token: &str,
+    room: &str,
+    after: u64,
+) -> anyhow::Result<(Vec<u64>, Value)> {
+    let mut c = resume(ws_url, token, room, after).await?;
+    let mut seqs = Vec::new();
+    loop {
+        let f = c
+            .recv_where(|v| {
+                (v["type"] == "event" && v["kind"] == "msg" && v["room"] == room)
+                    || v["type"] == "resumed"
+            })
+            .await?;
+        if f["type"] == "resumed" {
+            return Ok((seqs, f));
+        }
+        seqs.push(f["seq"].as_u64().context("seq")?);
+    }
+}
+
 async fn resume(ws_url: &str, token: &str, room: &str, after: u64) -> anyhow::Result<WsClient> {
     let mut c = WsClient::connect(ws_url, None).await?;
     c.send_json(&json!({"type": "hello", "v": 1, "token": token, "resume": { room: after }}))
@@ -373,6 +398,11 @@ impl Run {
             senders,
             readers,
         }
+    }
+
+    /// The rooms and tokens this load runs with.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
     }
 
     /// Waits until history holds `fraction` of the first room's messages

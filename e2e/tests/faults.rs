@@ -9,10 +9,12 @@ use chat_e2e::deploy::Deployment;
 use chat_e2e::load::{self, Run};
 use chat_testkit::{NatsCluster, NatsServer};
 
-/// Per-connection rates high enough for the load.
-const LOAD_OPTIONS: [(&str, &str); 2] = [
+/// Per-connection rates high enough for the load, and resumes of a whole
+/// room at full load.
+const LOAD_OPTIONS: [(&str, &str); 3] = [
     ("CHAT_GATEWAY_RATE_PER_SEC", "10000"),
     ("CHAT_GATEWAY_RATE_BURST", "10000"),
+    ("CHAT_GATEWAY_RESUME_MAX", "100000"),
 ];
 
 /// How long a reader may take to see its whole room.
@@ -165,11 +167,26 @@ async fn a_failing_history_store_holds_the_backlog_and_drains_it_once() {
         info.num_pending + info.num_ack_pending as u64 > 0,
         "history's backlog is held: {info:?}"
     );
+    // A client resuming from the start meanwhile still gets every message:
+    // the gateway reads what history cannot give from the stream.
+    let (room, token) = (&run.plan().rooms[0].room, &run.plan().rooms[0].reader);
+    let (seqs, resumed) = load::resume_once(&d.ws_urls()[0], token, room, 0)
+        .await
+        .expect("resume while history is down");
+    assert_eq!(resumed["complete"], true, "{resumed}");
+    let to = resumed["to"].as_u64().expect("to");
+    assert_eq!(
+        seqs,
+        (1..=to).collect::<Vec<_>>(),
+        "1..={to} once, in order"
+    );
     db.execute_batch("COMMIT").expect("release the lock");
 
-    run.finish("history store failing for a while (write lock held by another process)")
+    let out = run
+        .finish("history store failing for a while (write lock held by another process)")
         .await
         .expect("the backlog drained exactly once");
+    assert_eq!(out.reconnects, 0, "live readers were not disturbed");
 }
 
 #[tokio::test]

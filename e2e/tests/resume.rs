@@ -267,14 +267,17 @@ async fn heads_let_a_gateway_fill_a_room_tail_whose_delivery_never_came() {
         "bob is a recipient: {head}"
     );
 
-    // Without fanout, message 2 is stored but never delivered; a head (as a
-    // fanout that delivered it would send) makes the gateway fill it.
+    // Without fanout, message 2 is stored but never delivered. Heads (as a
+    // fanout that delivered it would send them, one round after another)
+    // make the gateway fill it: a session behind two rounds lost it.
     d.fanouts[0].kill();
     send(&mut alice, &room, "m2", "two").await.expect("ack");
     let head = json!({"v": 1, "heads": [{"room": room, "seq": 2, "users": [b.user_id]}]});
-    nc.publish(format!("gw.{gw}.heads"), head.to_string().into())
-        .await
-        .expect("publish heads");
+    for _round in 0..2 {
+        nc.publish(format!("gw.{gw}.heads"), head.to_string().into())
+            .await
+            .expect("publish heads");
+    }
     let (seqs, _) = messages_until(&mut bob, &room, 2).await;
     assert_eq!(seqs, vec![2], "the tail filled from history");
 }

@@ -298,6 +298,88 @@ impl RoomLog {
         }
     }
 
+    /// The messages of `room` with `after < seq < before`, in order, at most
+    /// `limit`, read from the stream itself (no need to wait for history).
+    /// Stops at the first hole: the stream no longer holds that part (its
+    /// retention), or the replica that answered is behind. The caller reads
+    /// the rest from history.
+    pub async fn read_messages(
+        &self,
+        room: &RoomId,
+        after: u64,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<RoomEvent>, AppendError> {
+        let subject = names::room_subject(room, names::EventKind::Msg);
+        let tail = self.read_tail(room).await?;
+        let want = after + 1;
+        let mut out = Vec::new();
+        if tail.room_seq < want || want >= before || limit == 0 {
+            return Ok(out);
+        }
+        // Room sequences grow with stream sequences: binary search for the
+        // first stream position holding room sequence >= want.
+        let (mut lo, mut hi) = (1, tail.stream_seq);
+        let mut found: Option<(u64, RoomEvent)> = None;
+        while lo <= hi {
+            let mid = lo + (hi - lo) / 2;
+            let Some((s, ev)) = self.next_message(&subject, mid).await? else {
+                break;
+            };
+            if ev.seq >= want {
+                found = Some((s, ev));
+                if mid == 0 || s == lo {
+                    break;
+                }
+                hi = mid - 1;
+            } else {
+                lo = s + 1;
+            }
+        }
+        let Some((mut stream_seq, mut ev)) = found else {
+            return Ok(out);
+        };
+        loop {
+            if ev.seq != after + 1 + out.len() as u64 || ev.seq >= before {
+                return Ok(out);
+            }
+            out.push(ev);
+            if out.len() >= limit {
+                return Ok(out);
+            }
+            match self.next_message(&subject, stream_seq + 1).await? {
+                Some((s, next)) => (stream_seq, ev) = (s, next),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// The first message on `subject` at or after stream sequence `from`.
+    async fn next_message(
+        &self,
+        subject: &str,
+        from: u64,
+    ) -> Result<Option<(u64, RoomEvent)>, AppendError> {
+        match self
+            .stream
+            .direct_get_next_for_subject(subject, Some(from))
+            .await
+        {
+            Ok(msg) => {
+                let ev =
+                    serde_json::from_slice(&msg.payload).map_err(|e| AppendError::Corrupt {
+                        seq: msg.sequence,
+                        reason: e.to_string(),
+                    })?;
+                Ok(Some((msg.sequence, ev)))
+            }
+            Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => {
+                Ok(None)
+            }
+            Err(e) => Err(AppendError::Read(e.to_string())),
+        }
+    }
+
     /// The room event stored at stream sequence `seq`.
     pub async fn read_event(&self, seq: u64) -> Result<RoomEvent, AppendError> {
         let msg = self

@@ -23,6 +23,8 @@ pub enum Step {
 #[derive(Debug, Default)]
 pub struct Cursors {
     last: HashMap<RoomId, u64>,
+    /// The last head seen per room while this session was behind it.
+    heads: HashMap<RoomId, u64>,
 }
 
 impl Cursors {
@@ -55,6 +57,17 @@ impl Cursors {
     /// Every room's position (what a client would resume from).
     pub fn positions(&self) -> std::collections::BTreeMap<RoomId, u64> {
         self.last.iter().map(|(r, s)| (r.clone(), *s)).collect()
+    }
+
+    /// Records a head of `room` the session is behind; returns the one
+    /// recorded before it, if any.
+    pub fn note_head(&mut self, room: &RoomId, seq: u64) -> Option<u64> {
+        self.heads.insert(room.clone(), seq)
+    }
+
+    /// The session caught up with `room`'s heads.
+    pub fn forget_head(&mut self, room: &RoomId) {
+        self.heads.remove(room);
     }
 
     /// The last written sequence of `room`.
@@ -96,5 +109,14 @@ mod tests {
         c.advance(&r(), 9);
         c.advance(&r(), 6);
         assert_eq!(c.last(&r()), Some(9), "never moves backwards");
+    }
+
+    #[test]
+    fn heads_are_remembered_until_forgotten() {
+        let mut c = Cursors::default();
+        assert_eq!(c.note_head(&r(), 5), None);
+        assert_eq!(c.note_head(&r(), 7), Some(5));
+        c.forget_head(&r());
+        assert_eq!(c.note_head(&r(), 8), None);
     }
 }

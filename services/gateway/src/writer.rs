@@ -1,6 +1,6 @@
 //! A session's writer task: owns the socket's sink and drains the session's
 //! bounded queue in order. Message frames go through the per-room cursors:
-//! duplicates are dropped and gaps are filled from history first, so the
+//! duplicates are dropped and gaps are filled (history, else the stream) first, so the
 //! client sees each room's messages once, in sequence. Resume requests are
 //! served here too, so catch-up and live messages cannot interleave wrongly.
 
@@ -22,8 +22,11 @@ use crate::registry::{CloseReason, Out};
 use crate::session::{close_sink, encode};
 use crate::state::AppState;
 
-/// How long a gap fill waits for history to catch up with the stream.
+/// How long a gap fill waits while neither history nor the stream has the
+/// next message (a replica or history catching up).
 const FILL_WAIT: Duration = Duration::from_secs(3);
+/// How long a gap fill waits for one history page before reading the stream.
+const FILL_HISTORY_TIMEOUT: Duration = Duration::from_millis(500);
 /// Pause between history polls while it catches up.
 const FILL_POLL: Duration = Duration::from_millis(25);
 
@@ -151,22 +154,33 @@ async fn handle(
                 Ok(())
             }
         },
-        Out::Head { room, seq } => match cursors.last(&room) {
-            // Behind the head: some delivery never arrived.
-            Some(last) if last < seq => {
-                metrics::counter!("chat_gateway_gaps_total").increment(1);
-                if fill(st, sink, cursors, &room, last, seq + 1).await? {
-                    Ok(())
-                } else {
-                    metrics::counter!("chat_gateway_gaps_unfilled_total").increment(1);
-                    tracing::warn!(%room, last, seq, "missed tail not filled in time; the client is asked to resume");
-                    Err(Stop::Resync)
-                }
+        Out::Head { room, seq } => {
+            // A head can overtake its own delivery (another subscription,
+            // another task), so one head ahead of the session proves
+            // nothing. Behind the head of the previous round (sent one
+            // heads interval earlier) means a delivery really was lost.
+            let Some(last) = cursors.last(&room) else {
+                // No position in this room yet: the next message starts it.
+                return Ok(());
+            };
+            if last >= seq {
+                cursors.forget_head(&room);
+                return Ok(());
             }
-            // Up to date, or no position in this room yet (the next message
-            // starts it).
-            _ => Ok(()),
-        },
+            match cursors.note_head(&room, seq) {
+                Some(previous) if last < previous => {
+                    metrics::counter!("chat_gateway_gaps_total").increment(1);
+                    if fill(st, sink, cursors, &room, last, seq + 1).await? {
+                        Ok(())
+                    } else {
+                        metrics::counter!("chat_gateway_gaps_unfilled_total").increment(1);
+                        tracing::warn!(%room, last, seq, "missed tail not filled in time; the client is asked to resume");
+                        Err(Stop::Resync)
+                    }
+                }
+                _ => Ok(()),
+            }
+        }
         Out::Resume { room, after } => {
             cursors.set(&room, after);
             let latest = match st.log.last_seq(&room).await {
@@ -209,10 +223,10 @@ async fn handle(
     }
 }
 
-/// Writes the messages `after < seq < before` of `room` from history, in
-/// order, advancing the cursor. History is written asynchronously, so a
-/// recent message may not be there yet: poll until it is, for up to
-/// [`FILL_WAIT`]. Returns whether the whole range was written.
+/// Writes the messages `after < seq < before` of `room` in order, advancing
+/// the cursor: from history, and from the room stream where history lags
+/// or is down. Polls for up to [`FILL_WAIT`] while neither has the next
+/// message. Returns whether the whole range was written.
 async fn fill(
     st: &AppState,
     sink: &mut Sink,
@@ -224,6 +238,8 @@ async fn fill(
     let deadline = tokio::time::Instant::now() + FILL_WAIT;
     let mut cur = after;
     while cur + 1 < before {
+        // History first: whole pages per request, and it holds everything
+        // however old. It is written asynchronously, so its tail may lag.
         let query = PageQuery {
             v: SCHEMA_VERSION,
             room: room.clone(),
@@ -231,30 +247,67 @@ async fn fill(
             after: Some(cur),
             limit: MAX_PAGE_LIMIT,
         };
-        let page: Page = match st.request(subjects::HISTORY_PAGE, &query).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, %room, "gap fill: history unavailable");
-                return Ok(false);
+        let asked = tokio::time::timeout(
+            FILL_HISTORY_TIMEOUT,
+            st.request::<_, Page>(subjects::HISTORY_PAGE, &query),
+        )
+        .await;
+        let events = match asked {
+            Ok(Ok(page)) => page.events,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, %room, "gap fill: history unavailable; reading the stream");
+                Vec::new()
+            }
+            Err(_) => {
+                tracing::debug!(%room, "gap fill: history slow; reading the stream");
+                Vec::new()
             }
         };
-        let mut progressed = false;
-        for ev in page.events {
-            if ev.seq != cur + 1 {
-                // A hole: history has not caught up with this part yet.
-                break;
+        let mut progressed = write_contiguous(sink, cursors, room, &mut cur, events).await?;
+        if !progressed && cur + 1 < before {
+            // History lags or is down: the stream holds every acknowledged
+            // message of its retention, stored or not.
+            let wanted = usize::try_from(before - cur - 1).unwrap_or(usize::MAX);
+            match st
+                .log
+                .read_messages(room, cur, before, wanted.min(MAX_PAGE_LIMIT as usize))
+                .await
+            {
+                Ok(events) => {
+                    progressed = write_contiguous(sink, cursors, room, &mut cur, events).await?;
+                }
+                Err(e) => tracing::debug!(error = %e, %room, "gap fill: stream read failed"),
             }
-            cur = ev.seq;
-            send(sink, encode(&ServerFrame::Event(ev))).await?;
-            cursors.advance(room, cur);
-            progressed = true;
         }
         if !progressed {
             if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(%room, cur, before, "gap fill: neither history nor the stream had the next message in time");
                 return Ok(false);
             }
             tokio::time::sleep(FILL_POLL).await;
         }
     }
     Ok(true)
+}
+
+/// Writes `events` while they continue `cur` without a hole; returns
+/// whether any was written.
+async fn write_contiguous(
+    sink: &mut Sink,
+    cursors: &mut Cursors,
+    room: &RoomId,
+    cur: &mut u64,
+    events: Vec<chat_core::events::RoomEvent>,
+) -> Result<bool, Stop> {
+    let mut progressed = false;
+    for ev in events {
+        if ev.seq != *cur + 1 {
+            break;
+        }
+        *cur = ev.seq;
+        send(sink, encode(&ServerFrame::Event(ev))).await?;
+        cursors.advance(room, *cur);
+        progressed = true;
+    }
+    Ok(progressed)
 }
