@@ -11,6 +11,8 @@ use anyhow::{Context, bail};
 use chat_testkit::WsClient;
 use serde_json::{Value, json};
 
+/// How often a reader pings (the gateway's idle timeout is 60 s by default).
+const PING_EVERY: Duration = Duration::from_secs(15);
 /// How long one message may take to be acknowledged, retries included.
 const ACK_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -96,6 +98,8 @@ pub struct Read {
     pub seqs: Vec<u64>,
     /// Connections after the first (each one resumed).
     pub reconnects: usize,
+    /// Why each connection ended.
+    pub why: Vec<String>,
 }
 
 /// Reads `room`'s messages until it has seen sequence `last`, resuming
@@ -111,6 +115,8 @@ pub async fn reader_until(
     let mut seen: Vec<u64> = Vec::new();
     let mut conn: Option<WsClient> = None;
     let (mut next, mut connects) = (0, 0usize);
+    let mut why = Vec::new();
+    let mut last_ping = tokio::time::Instant::now();
     while seen.last().copied().unwrap_or(0) < last {
         if tokio::time::Instant::now() > end {
             bail!(
@@ -125,6 +131,7 @@ pub async fn reader_until(
                 match resume(pick(urls, &mut next), token, room, from).await {
                     Ok(c) => {
                         connects += 1;
+                        last_ping = tokio::time::Instant::now();
                         conn.insert(c)
                     }
                     Err(_) => {
@@ -134,18 +141,38 @@ pub async fn reader_until(
                 }
             }
         };
+        // A reader sends nothing else: ping like a real client, or the
+        // gateway's idle timeout closes it.
+        if last_ping.elapsed() >= PING_EVERY {
+            last_ping = tokio::time::Instant::now();
+            if let Err(e) = c
+                .send_json(&json!({"type": "ping", "id": "keepalive"}))
+                .await
+            {
+                why.push(format!("after {:?}: ping: {e}", seen.last()));
+                conn = None;
+                continue;
+            }
+        }
         match c
             .recv_where(|v| v["type"] == "event" && v["kind"] == "msg" && v["room"] == room)
             .await
         {
             Ok(ev) => seen.push(ev["seq"].as_u64().context("seq")?),
-            Err(e) if e.to_string().contains("no matching frame") => {}
-            Err(_) => conn = None,
+            // A quiet moment, not a broken connection.
+            Err(e)
+                if e.to_string().contains("no matching frame")
+                    || e.to_string().contains("no frame within") => {}
+            Err(e) => {
+                why.push(format!("after {:?}: {e}", seen.last()));
+                conn = None;
+            }
         }
     }
     Ok(Read {
         seqs: seen,
         reconnects: connects.saturating_sub(1),
+        why,
     })
 }
 
@@ -331,7 +358,7 @@ pub async fn prepare(http: &str, ws: &str) -> anyhow::Result<Plan> {
 }
 
 /// What a finished scenario counted.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Outcome {
     /// Send frames written, retries included.
     pub attempts: usize,
@@ -340,6 +367,8 @@ pub struct Outcome {
     pub delivered: usize,
     /// Reader reconnections (each resumed).
     pub reconnects: usize,
+    /// Why readers' connections ended.
+    pub why: Vec<String>,
 }
 
 type SenderTask = tokio::task::JoinHandle<anyhow::Result<Sent>>;
@@ -463,6 +492,7 @@ impl Run {
             out.stored += stored.len();
             out.delivered += read.seqs.len();
             out.reconnects += read.reconnects;
+            out.why.extend(read.why.iter().cloned());
         }
         eprintln!(
             "{} | reader reconnects {}",

@@ -186,7 +186,11 @@ async fn a_failing_history_store_holds_the_backlog_and_drains_it_once() {
         .finish("history store failing for a while (write lock held by another process)")
         .await
         .expect("the backlog drained exactly once");
-    assert_eq!(out.reconnects, 0, "live readers were not disturbed");
+    assert_eq!(
+        out.reconnects, 0,
+        "live readers were disturbed: {:?}",
+        out.why
+    );
 }
 
 #[tokio::test]

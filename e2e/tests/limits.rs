@@ -14,7 +14,7 @@ async fn a_client_that_stops_reading_is_closed_with_4009_and_others_get_everythi
     .await
     .expect("system");
     let (mut alice, _) = sys.client("alice").await.expect("alice");
-    let (mut slow, _) = sys.client("slow").await.expect("slow");
+    let (mut slow, slow_login) = sys.client("slow").await.expect("slow");
     let (mut carol, _) = sys.client("carol").await.expect("carol");
     let room = create_room(&mut alice, "busy").await.expect("room");
     join_room(&mut slow, &room).await.expect("join");
@@ -53,6 +53,13 @@ async fn a_client_that_stops_reading_is_closed_with_4009_and_others_get_everythi
 
     let closed = slow.closed().await.expect("slow consumer closed");
     assert_eq!(closed.code, 4009, "{closed:?}");
+
+    // It resumes on reconnect and gets every message once, in order.
+    let (seqs, resumed) = chat_e2e::load::resume_once(&sys.ws_url(), &slow_login.token, &room, 0)
+        .await
+        .expect("resume after 4009");
+    assert_eq!(resumed["complete"], true, "{resumed}");
+    assert_eq!(seqs, acked);
 }
 
 #[tokio::test]

@@ -267,17 +267,23 @@ async fn heads_let_a_gateway_fill_a_room_tail_whose_delivery_never_came() {
         "bob is a recipient: {head}"
     );
 
-    // Without fanout, message 2 is stored but never delivered. Heads (as a
-    // fanout that delivered it would send them, one round after another)
-    // make the gateway fill it: a session behind two rounds lost it.
+    // Without fanout, message 2 is stored but never delivered. Heads, sent
+    // in rounds as a fanout that delivered it would, make the gateway fill
+    // it once bob has stayed behind them for a moment.
     d.fanouts[0].kill();
     send(&mut alice, &room, "m2", "two").await.expect("ack");
     let head = json!({"v": 1, "heads": [{"room": room, "seq": 2, "users": [b.user_id]}]});
-    for _round in 0..2 {
-        nc.publish(format!("gw.{gw}.heads"), head.to_string().into())
-            .await
-            .expect("publish heads");
-    }
+    let (nc2, subject) = (nc.clone(), format!("gw.{gw}.heads"));
+    let rounds = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            nc2.publish(subject.clone(), head.to_string().into())
+                .await
+                .expect("publish heads");
+        }
+    });
     let (seqs, _) = messages_until(&mut bob, &room, 2).await;
+    rounds.abort();
     assert_eq!(seqs, vec![2], "the tail filled from history");
 }

@@ -5,6 +5,7 @@
 //! when deliveries arrive late, twice, or out of order.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use chat_core::RoomId;
 
@@ -23,8 +24,9 @@ pub enum Step {
 #[derive(Debug, Default)]
 pub struct Cursors {
     last: HashMap<RoomId, u64>,
-    /// The last head seen per room while this session was behind it.
-    heads: HashMap<RoomId, u64>,
+    /// Per room, the highest head seen while this session was behind it,
+    /// and when the session was first seen behind.
+    heads: HashMap<RoomId, (u64, Instant)>,
 }
 
 impl Cursors {
@@ -59,15 +61,25 @@ impl Cursors {
         self.last.iter().map(|(r, s)| (r.clone(), *s)).collect()
     }
 
-    /// Records a head of `room` the session is behind; returns the one
-    /// recorded before it, if any.
-    pub fn note_head(&mut self, room: &RoomId, seq: u64) -> Option<u64> {
-        self.heads.insert(room.clone(), seq)
-    }
-
-    /// The session caught up with `room`'s heads.
-    pub fn forget_head(&mut self, room: &RoomId) {
-        self.heads.remove(room);
+    /// Takes a head of `room` (fanout delivered up to `seq` here) at `now`.
+    /// Returns the sequence to fill up to when the session has been behind
+    /// a head for at least `grace`: a head can overtake its own delivery
+    /// inside the gateway, so being behind for a moment proves nothing. A
+    /// room without a position yet is left alone (its next message starts
+    /// it).
+    pub fn head(&mut self, room: &RoomId, seq: u64, now: Instant, grace: Duration) -> Option<u64> {
+        let last = self.last(room)?;
+        if self.heads.get(room).is_some_and(|(h, _)| *h <= last) {
+            self.heads.remove(room);
+        }
+        if seq > last {
+            let entry = self.heads.entry(room.clone()).or_insert((seq, now));
+            entry.0 = entry.0.max(seq);
+        }
+        match self.heads.get(room) {
+            Some((h, since)) if now.saturating_duration_since(*since) >= grace => Some(*h),
+            _ => None,
+        }
     }
 
     /// The last written sequence of `room`.
@@ -112,11 +124,33 @@ mod tests {
     }
 
     #[test]
-    fn heads_are_remembered_until_forgotten() {
+    fn a_head_fills_only_after_the_session_stayed_behind_for_the_grace() {
+        let grace = Duration::from_secs(1);
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(2);
         let mut c = Cursors::default();
-        assert_eq!(c.note_head(&r(), 5), None);
-        assert_eq!(c.note_head(&r(), 7), Some(5));
-        c.forget_head(&r());
-        assert_eq!(c.note_head(&r(), 8), None);
+        assert_eq!(c.head(&r(), 5, t0, grace), None, "no position yet: ignored");
+        c.set(&r(), 3);
+        assert_eq!(c.head(&r(), 5, t0, grace), None, "just behind: wait");
+        // Another fanout instance's older head does not reset the wait.
+        assert_eq!(c.head(&r(), 2, t0 + grace / 2, grace), None);
+        assert_eq!(
+            c.head(&r(), 4, later, grace),
+            Some(5),
+            "still behind 5 later: fill to 5"
+        );
+        c.advance(&r(), 5);
+        assert_eq!(c.head(&r(), 5, later, grace), None, "caught up");
+        assert_eq!(
+            c.head(&r(), 7, later, grace),
+            None,
+            "a new head starts a new wait"
+        );
+        c.advance(&r(), 7);
+        assert_eq!(
+            c.head(&r(), 6, later + grace * 2, grace),
+            None,
+            "caught up by itself"
+        );
     }
 }

@@ -25,6 +25,9 @@ use crate::state::AppState;
 /// How long a gap fill waits while neither history nor the stream has the
 /// next message (a replica or history catching up).
 const FILL_WAIT: Duration = Duration::from_secs(3);
+/// How long a session must stay behind a fanout head before the gateway
+/// treats the delivery as lost (a head may overtake its delivery).
+const HEAD_GRACE: Duration = Duration::from_secs(1);
 /// How long a gap fill waits for one history page before reading the stream.
 const FILL_HISTORY_TIMEOUT: Duration = Duration::from_millis(500);
 /// Pause between history polls while it catches up.
@@ -155,30 +158,17 @@ async fn handle(
             }
         },
         Out::Head { room, seq } => {
-            // A head can overtake its own delivery (another subscription,
-            // another task), so one head ahead of the session proves
-            // nothing. Behind the head of the previous round (sent one
-            // heads interval earlier) means a delivery really was lost.
-            let Some(last) = cursors.last(&room) else {
-                // No position in this room yet: the next message starts it.
+            let Some(upto) = cursors.head(&room, seq, std::time::Instant::now(), HEAD_GRACE) else {
                 return Ok(());
             };
-            if last >= seq {
-                cursors.forget_head(&room);
-                return Ok(());
-            }
-            match cursors.note_head(&room, seq) {
-                Some(previous) if last < previous => {
-                    metrics::counter!("chat_gateway_gaps_total").increment(1);
-                    if fill(st, sink, cursors, &room, last, seq + 1).await? {
-                        Ok(())
-                    } else {
-                        metrics::counter!("chat_gateway_gaps_unfilled_total").increment(1);
-                        tracing::warn!(%room, last, seq, "missed tail not filled in time; the client is asked to resume");
-                        Err(Stop::Resync)
-                    }
-                }
-                _ => Ok(()),
+            let last = cursors.last(&room).unwrap_or(0);
+            metrics::counter!("chat_gateway_gaps_total").increment(1);
+            if fill(st, sink, cursors, &room, last, upto + 1).await? {
+                Ok(())
+            } else {
+                metrics::counter!("chat_gateway_gaps_unfilled_total").increment(1);
+                tracing::warn!(%room, last, upto, "missed tail not filled in time; the client is asked to resume");
+                Err(Stop::Resync)
             }
         }
         Out::Resume { room, after } => {
