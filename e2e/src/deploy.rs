@@ -107,6 +107,11 @@ impl ServiceProcess {
         }
     }
 
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `http://<addr>`
     pub fn http_url(&self) -> String {
         format!("http://{}", self.addr)
@@ -115,6 +120,11 @@ impl ServiceProcess {
     /// `ws://<addr>/ws` (gateways).
     pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.addr)
+    }
+
+    /// Its log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 
     /// The end of its log (for failure messages).

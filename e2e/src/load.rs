@@ -120,7 +120,7 @@ pub async fn reader_until(
     while seen.last().copied().unwrap_or(0) < last {
         if tokio::time::Instant::now() > end {
             bail!(
-                "reader saw up to {:?} of {last} in {deadline:?}",
+                "reader saw up to {:?} of {last} in {deadline:?}; {connects} connections, ended by {why:?}",
                 seen.last()
             );
         }

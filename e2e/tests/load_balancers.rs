@@ -50,9 +50,19 @@ async fn one_gateway_killed_behind(kind: Kind, scenario: &str) {
     run.until_stored(1.0 / 3.0).await;
     d.gateways[0].kill();
 
-    run.finish(scenario)
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}\n{:?} log:\n{}", lb.kind, lb.log()));
+    if let Err(e) = run.finish(scenario).await {
+        let mut logs = String::new();
+        for p in d.gateways.iter().chain(&d.fanouts) {
+            let m = reqwest_metrics(p).await;
+            logs.push_str(&format!(
+                "--- {} metrics:\n{m}\n--- {} log:\n{}\n",
+                p.name,
+                p.name,
+                p.log_tail()
+            ));
+        }
+        panic!("{e:#}\n{:?} log:\n{}\n{logs}", lb.kind, lb.log());
+    }
 }
 
 #[tokio::test]
@@ -63,4 +73,18 @@ async fn behind_nginx_one_gateway_killed_loses_nothing() {
 #[tokio::test]
 async fn behind_haproxy_one_gateway_killed_loses_nothing() {
     one_gateway_killed_behind(Kind::Haproxy, "two gateways behind HAProxy, one SIGKILLed").await;
+}
+
+/// The chat_* lines of a service's `/metrics` (for failure messages).
+async fn reqwest_metrics(p: &chat_e2e::deploy::ServiceProcess) -> String {
+    let Ok(r) = reqwest::get(format!("{}/metrics", p.http_url())).await else {
+        return "(no metrics)".into();
+    };
+    r.text()
+        .await
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("chat_"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -75,8 +75,8 @@ pub struct Delivery {
 }
 
 /// `gw.<gateway_id>.heads`: fanout → one gateway, every few seconds, the
-/// latest message sequence it delivered there per recently active room, with
-/// the recipients. Deliveries are core NATS and can be lost when a NATS node
+/// latest message sequence of each recently active room with members online
+/// there, and those members. Deliveries are core NATS and can be lost when a NATS node
 /// fails; a gateway whose session is behind a head fills the gap (from
 /// history) even when no later message of that room arrives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,9 +89,9 @@ pub struct Heads {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Head {
     pub room: RoomId,
-    /// The latest message sequence delivered to this gateway.
+    /// The room's latest message sequence (delivered by this fanout).
     pub seq: u64,
-    /// Its recipients on this gateway.
+    /// The room's members online on this gateway when the head was sent.
     pub users: Vec<UserId>,
 }
 

@@ -70,6 +70,12 @@ pub fn gateway_deliver(gw: &GatewayId) -> String {
     format!("gw.{gw}.deliver")
 }
 
+/// `fanout.membership`: core NATS, every fanout instance → every fanout
+/// instance: a membership change one instance took from the room stream
+/// ([`crate::events::MembershipChange`]), so each instance's member cache
+/// stays current although each sees only part of the stream. Internal.
+pub const FANOUT_MEMBERSHIP: &str = "fanout.membership";
+
 /// `gw.<gateway_id>.heads`: core NATS, fanout → one gateway, the latest
 /// message sequence per recently active room ([`crate::events::Heads`]).
 pub fn gateway_heads(gw: &GatewayId) -> String {

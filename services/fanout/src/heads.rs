@@ -1,6 +1,6 @@
 //! Heads: every few seconds, each gateway is told the latest message
-//! sequence this instance delivered to it per recently active room
-//! (`gw.<id>.heads`). Deliveries are core NATS: one lost in a NATS node
+//! sequence of every recently active room (handled by this instance) that
+//! has members online there (`gw.<id>.heads`). Deliveries are core NATS: one lost in a NATS node
 //! failure or partition is normally noticed by the gateway at the room's
 //! next message (a gap, filled from history). A room's *last* message has no
 //! next one; the heads make the gateway notice it too. Heads repeat for the
@@ -10,91 +10,50 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use chat_core::events::{Delivery, Head, Heads};
-use chat_core::{GatewayId, RoomId, SCHEMA_VERSION, UserId, names};
+use chat_core::events::{Head, Heads};
+use chat_core::{GatewayId, RoomId, SCHEMA_VERSION, names};
 use chat_platform::Shutdown;
 
-struct Entry {
-    seq: u64,
-    users: Vec<UserId>,
-    at: Instant,
-}
+use crate::Fanout;
 
-/// What was delivered lately: gateway → room → latest message.
+/// Rooms with recent messages: room → (latest message sequence, when).
 #[derive(Clone, Default)]
 pub(crate) struct HeadBook {
-    inner: Arc<Mutex<HashMap<GatewayId, HashMap<RoomId, Entry>>>>,
+    inner: Arc<Mutex<HashMap<RoomId, (u64, Instant)>>>,
 }
 
 impl HeadBook {
-    fn lock(&self) -> MutexGuard<'_, HashMap<GatewayId, HashMap<RoomId, Entry>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<RoomId, (u64, Instant)>> {
         match self.inner.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }
     }
 
-    /// Notes a delivery of a message (other deliveries carry no head).
-    pub(crate) fn record(&self, gw: &GatewayId, d: &Delivery) {
-        let (Some(room), Some(seq), None) = (&d.room, d.seq, &d.membership) else {
-            return;
-        };
+    /// Notes that message `seq` of `room` was delivered.
+    pub(crate) fn record(&self, room: &RoomId, seq: u64) {
         let mut book = self.lock();
-        let rooms = book.entry(gw.clone()).or_default();
-        match rooms.get_mut(room) {
-            Some(e) if e.seq > seq => {}
-            Some(e) => {
-                e.seq = seq;
-                e.users.clone_from(&d.users);
-                e.at = Instant::now();
-            }
-            None => {
-                rooms.insert(
-                    room.clone(),
-                    Entry {
-                        seq,
-                        users: d.users.clone(),
-                        at: Instant::now(),
-                    },
-                );
-            }
+        let e = book.entry(room.clone()).or_insert((seq, Instant::now()));
+        if seq >= e.0 {
+            *e = (seq, Instant::now());
         }
     }
 
-    /// The heads to send now, per gateway; forgets rooms idle for longer
-    /// than `window`.
-    pub(crate) fn due(&self, window: Duration) -> Vec<(GatewayId, Heads)> {
+    /// Rooms with a message within `window`, and their latest sequence;
+    /// forgets the others.
+    pub(crate) fn due(&self, window: Duration) -> Vec<(RoomId, u64)> {
         let mut book = self.lock();
-        book.retain(|_, rooms| {
-            rooms.retain(|_, e| e.at.elapsed() < window);
-            !rooms.is_empty()
-        });
-        book.iter()
-            .map(|(gw, rooms)| {
-                let heads = rooms
-                    .iter()
-                    .map(|(room, e)| Head {
-                        room: room.clone(),
-                        seq: e.seq,
-                        users: e.users.clone(),
-                    })
-                    .collect();
-                (
-                    gw.clone(),
-                    Heads {
-                        v: SCHEMA_VERSION,
-                        heads,
-                    },
-                )
-            })
-            .collect()
+        book.retain(|_, (_, at)| at.elapsed() < window);
+        book.iter().map(|(r, (s, _))| (r.clone(), *s)).collect()
     }
 }
 
-/// Publishes the heads every `interval` until shutdown.
+/// Every `interval` until shutdown: for each recently active room, the
+/// members online *now* (the presence view at this moment, so a member
+/// who reconnected to another gateway since the last delivery is
+/// included), grouped by gateway, one `Heads` message per gateway.
 pub(crate) async fn publish_loop(
-    client: async_nats::Client,
-    book: HeadBook,
+    fanout: Fanout,
     interval: Duration,
     window: Duration,
     shutdown: Shutdown,
@@ -106,15 +65,39 @@ pub(crate) async fn publish_loop(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        for (gw, heads) in book.due(window) {
-            let body = match serde_json::to_vec(&heads) {
+        let mut per_gateway: HashMap<GatewayId, Vec<Head>> = HashMap::new();
+        for (room, seq) in fanout.heads.due(window) {
+            let members = match fanout.members.members(&room).await {
+                Ok(m) => m.into_iter().collect::<Vec<_>>(),
+                Err(e) => {
+                    tracing::debug!(error = %e, %room, "heads: members unavailable; next round");
+                    continue;
+                }
+            };
+            for (gw, users) in fanout.view.group_by_gateway(&members) {
+                per_gateway.entry(gw).or_default().push(Head {
+                    room: room.clone(),
+                    seq,
+                    users,
+                });
+            }
+        }
+        for (gw, heads) in per_gateway {
+            let body = match serde_json::to_vec(&Heads {
+                v: SCHEMA_VERSION,
+                heads,
+            }) {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(error = %e, "heads not encodable");
                     continue;
                 }
             };
-            if let Err(e) = client.publish(names::gateway_heads(&gw), body.into()).await {
+            if let Err(e) = fanout
+                .client
+                .publish(names::gateway_heads(&gw), body.into())
+                .await
+            {
                 tracing::debug!(error = %e, %gw, "heads publish failed; the next round repeats them");
             }
             metrics::counter!("chat_fanout_heads_total").increment(1);
@@ -126,42 +109,24 @@ pub(crate) async fn publish_loop(
 mod tests {
     use super::*;
 
-    fn delivery(room: &str, seq: u64, users: &[&str]) -> Delivery {
-        Delivery {
-            v: SCHEMA_VERSION,
-            users: users
-                .iter()
-                .map(|u| UserId::parse(*u).expect("user"))
-                .collect(),
-            frame: "{}".into(),
-            room: Some(RoomId::parse(room).expect("room")),
-            seq: Some(seq),
-            membership: None,
-        }
+    fn room(s: &str) -> RoomId {
+        RoomId::parse(s).expect("room")
     }
 
     #[test]
-    fn the_latest_message_per_room_and_gateway_is_kept_until_the_window_ends() {
+    fn the_latest_message_per_room_is_kept_until_the_window_ends() {
         let book = HeadBook::default();
-        let gw = GatewayId::parse("g1").expect("gw");
-        book.record(&gw, &delivery("r1", 5, &["a"]));
-        book.record(&gw, &delivery("r1", 7, &["a", "b"]));
-        book.record(&gw, &delivery("r1", 6, &["a"]));
-        book.record(&gw, &delivery("r2", 1, &["c"]));
+        book.record(&room("r1"), 5);
+        book.record(&room("r1"), 7);
+        book.record(&room("r1"), 6);
+        book.record(&room("r2"), 1);
         let mut due = book.due(Duration::from_secs(30));
-        assert_eq!(due.len(), 1);
-        let (g, mut heads) = due.remove(0);
-        assert_eq!(g, gw);
-        heads
-            .heads
-            .sort_by(|a, b| a.room.as_str().cmp(b.room.as_str()));
-        assert_eq!(heads.heads.len(), 2);
+        due.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
         assert_eq!(
-            heads.heads[0].seq, 7,
-            "an older delivery never lowers the head"
+            due,
+            vec![(room("r1"), 7), (room("r2"), 1)],
+            "an older message never lowers the head"
         );
-        assert_eq!(heads.heads[0].users.len(), 2);
-        assert_eq!(heads.heads[1].seq, 1);
         assert!(
             book.due(Duration::ZERO).is_empty(),
             "idle rooms are forgotten"

@@ -73,7 +73,6 @@ impl Fanout {
                     reason: e.to_string(),
                 })?;
             metrics::counter!("chat_fanout_deliveries_total").increment(1);
-            self.heads.record(&gw, &delivery);
         }
         Ok(())
     }
@@ -140,12 +139,28 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
         heads: heads::HeadBook::default(),
     };
     let heads_task = tokio::spawn(heads::publish_loop(
-        client.clone(),
-        fanout.heads.clone(),
+        fanout.clone(),
         config.heads_interval,
         config.heads_window,
         shutdown.clone(),
     ));
+    // Membership changes other instances took from their part of the stream.
+    let mut shared_changes = client
+        .subscribe(names::FANOUT_MEMBERSHIP)
+        .await
+        .context("fanout: subscribe membership changes")?;
+    let members = fanout.members.clone();
+    let changes_task = tokio::spawn(async move {
+        while let Some(msg) = futures::StreamExt::next(&mut shared_changes).await {
+            match serde_json::from_slice::<chat_core::events::MembershipChange>(&msg.payload) {
+                Ok(c) => match c.op {
+                    chat_core::events::MemberOp::Join => members.joined(&c.room, &c.user),
+                    chat_core::events::MemberOp::Leave => members.left(&c.room, &c.user),
+                },
+                Err(e) => tracing::warn!(error = %e, "unreadable membership change dropped"),
+            }
+        }
+    });
     let relay_sub = client
         .queue_subscribe(names::PRESENCE_USER_ALL, names::queue::FANOUT.into())
         .await
@@ -163,6 +178,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
         shutdown.clone(),
     ));
     let (p, r, h) = tokio::join!(pipeline, relay, heads_task);
+    changes_task.abort();
     for (what, res) in [("pipeline", p), ("relay", r), ("heads", h)] {
         if let Err(err) = res {
             tracing::error!(error = %err, task = what, "fanout task failed");

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chat_core::names;
 use chat_core::svc::{Members, Reply, RoomRef, SvcError, UserRef, UserRooms};
@@ -91,11 +91,19 @@ impl History {
     }
 }
 
+/// How long a room's cached members are trusted before they are read from
+/// history again. Membership changes normally arrive as events (from this
+/// instance's part of the stream, or from the other instances on
+/// `fanout.membership`); this bounds the staleness if one is ever missed.
+const MEMBERS_TTL: Duration = Duration::from_secs(60);
+
+type Cached = (BTreeSet<UserId>, Instant);
+
 /// room → members. Shared by the room pipeline and the presence relay.
 #[derive(Clone)]
 pub struct MemberCache {
     history: History,
-    rooms: Arc<Mutex<HashMap<RoomId, BTreeSet<UserId>>>>,
+    rooms: Arc<Mutex<HashMap<RoomId, Cached>>>,
 }
 
 impl MemberCache {
@@ -106,7 +114,7 @@ impl MemberCache {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<RoomId, BTreeSet<UserId>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<RoomId, Cached>> {
         match self.rooms.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -115,7 +123,9 @@ impl MemberCache {
 
     /// Members of `room`, asking history on a miss.
     pub async fn members(&self, room: &RoomId) -> Result<BTreeSet<UserId>, HistoryError> {
-        if let Some(m) = self.lock().get(room) {
+        if let Some((m, at)) = self.lock().get(room)
+            && at.elapsed() < MEMBERS_TTL
+        {
             metrics::counter!("chat_fanout_member_cache_hits_total").increment(1);
             return Ok(m.clone());
         }
@@ -125,7 +135,9 @@ impl MemberCache {
         let mut rooms = self.lock();
         // Someone else may have filled it meanwhile and applied later
         // membership events to it: theirs is at least as current.
-        if let Some(m) = rooms.get(room) {
+        if let Some((m, at)) = rooms.get(room)
+            && at.elapsed() < MEMBERS_TTL
+        {
             return Ok(m.clone());
         }
         if rooms.len() >= MAX_CACHED_ROOMS
@@ -133,20 +145,20 @@ impl MemberCache {
         {
             rooms.remove(&victim);
         }
-        rooms.insert(room.clone(), fetched.clone());
+        rooms.insert(room.clone(), (fetched.clone(), Instant::now()));
         Ok(fetched)
     }
 
     /// Records a join seen in the room stream (no-op for an uncached room).
     pub fn joined(&self, room: &RoomId, user: &UserId) {
-        if let Some(m) = self.lock().get_mut(room) {
+        if let Some((m, _)) = self.lock().get_mut(room) {
             m.insert(user.clone());
         }
     }
 
     /// Records a leave seen in the room stream (no-op for an uncached room).
     pub fn left(&self, room: &RoomId, user: &UserId) {
-        if let Some(m) = self.lock().get_mut(room) {
+        if let Some((m, _)) = self.lock().get_mut(room) {
             m.remove(user);
         }
     }

@@ -13,7 +13,7 @@ use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{AckKind, Message};
 use chat_core::events::{EventBody, MemberOp, MembershipChange, RoomEvent};
 use chat_core::wire::ServerFrame;
-use chat_core::{SCHEMA_VERSION, UserId};
+use chat_core::{SCHEMA_VERSION, UserId, names};
 use chat_platform::Shutdown;
 use futures::StreamExt;
 use tracing::instrument;
@@ -151,6 +151,7 @@ async fn handle(fanout: &Fanout, msg: &Message) -> Outcome {
             return Outcome::Poison;
         }
     };
+    let ctx_membership = membership.clone();
     let ctx = Context {
         room: Some(ev.room.clone()),
         seq: Some(ev.seq),
@@ -162,6 +163,24 @@ async fn handle(fanout: &Fanout, msg: &Message) -> Outcome {
         return Outcome::Retry;
     }
     metrics::counter!("chat_fanout_events_total").increment(1);
+    if let EventBody::Msg { .. } = &ev.body {
+        fanout.heads.record(&ev.room, ev.seq);
+    }
+    if let Some(change) = &ctx_membership {
+        // The other instances see only their part of the stream: tell them.
+        match serde_json::to_vec(change) {
+            Ok(body) => {
+                if let Err(e) = fanout
+                    .client
+                    .publish(names::FANOUT_MEMBERSHIP, body.into())
+                    .await
+                {
+                    tracing::warn!(error = %e, "membership change not shared; other instances refresh within a minute");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "membership change not encodable"),
+        }
+    }
     if let EventBody::Member {
         user,
         op: MemberOp::Join,

@@ -112,7 +112,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
             match serde_json::from_slice::<Heads>(&msg.payload) {
                 Ok(h) => {
                     for head in &h.heads {
-                        registry.head(head);
+                        let n = registry.head(head);
+                        tracing::debug!(target: "chat_gateway::heads", room = %head.room, seq = head.seq, users = head.users.len(), sessions = n, "heads received");
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "unreadable heads dropped"),

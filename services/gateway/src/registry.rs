@@ -177,15 +177,16 @@ impl Registry {
         lock(&self.inner).values().map(|e| e.sessions.len()).sum()
     }
 
-    /// Passes a head to every session of its users that is in its room. A
-    /// full queue is left alone: it already has work that will show any gap.
+    /// Passes a head to every session of its users (fanout computed them
+    /// from the room's members, as for a delivery; the session's own room
+    /// list may predate a recent join). A full queue is left alone: it
+    /// already has work that will show any gap.
     pub fn head(&self, h: &chat_core::events::Head) -> usize {
         let targets: Vec<SessionHandle> = {
             let map = lock(&self.inner);
             h.users
                 .iter()
                 .filter_map(|u| map.get(u))
-                .filter(|e| e.rooms.contains(&h.room))
                 .flat_map(|e| e.sessions.values().cloned())
                 .collect()
         };

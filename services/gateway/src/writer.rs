@@ -159,8 +159,10 @@ async fn handle(
         },
         Out::Head { room, seq } => {
             let Some(upto) = cursors.head(&room, seq, std::time::Instant::now(), HEAD_GRACE) else {
+                tracing::debug!(target: "chat_gateway::heads", %room, seq, last = ?cursors.last(&room), "head: nothing to do yet");
                 return Ok(());
             };
+            tracing::debug!(target: "chat_gateway::heads", %room, seq, upto, "head: filling a missed tail");
             let last = cursors.last(&room).unwrap_or(0);
             metrics::counter!("chat_gateway_gaps_total").increment(1);
             if fill(st, sink, cursors, &room, last, upto + 1).await? {

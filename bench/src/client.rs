@@ -1,0 +1,215 @@
+//! One benchmark client: a WebSocket from a chosen loopback source address
+//! (so one machine can open more than 64k connections to one port), the
+//! `hello`, and a task that sends what it is told and measures what it
+//! reads.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpSocket;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::stats::Stats;
+
+pub type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// How often an otherwise silent client pings (the gateway's idle timeout
+/// is 60 s by default).
+const PING_EVERY: Duration = Duration::from_secs(25);
+
+/// Unix time in microseconds (one clock for every process on the machine).
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The source address of connection `i`: 127.0.0.2 … 127.0.0.201, so each
+/// address needs at most a few thousand ephemeral ports.
+pub fn source_addr(i: usize) -> SocketAddr {
+    let host = 2 + (i % 200) as u8;
+    SocketAddr::from((Ipv4Addr::new(127, 0, 0, host), 0))
+}
+
+/// Opens a WebSocket to `url` (ws://127.0.0.1:port/ws) from `src`, with
+/// small buffers (the load generator holds many of them), and says hello.
+pub async fn connect(url: &str, src: SocketAddr, token: &str) -> anyhow::Result<(Ws, Value)> {
+    let hostport = url
+        .strip_prefix("ws://")
+        .and_then(|r| r.split('/').next())
+        .context("url must be ws://host:port/…")?;
+    let addr: SocketAddr = hostport.parse().context("ws host must be an IP:port")?;
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(src).with_context(|| format!("bind {src}"))?;
+    let stream = socket
+        .connect(addr)
+        .await
+        .with_context(|| format!("connect {addr}"))?;
+    stream.set_nodelay(true)?;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(
+        url,
+        MaybeTlsStream::Plain(stream),
+        Some(config),
+    )
+    .await
+    .context("websocket handshake")?;
+    ws.send(Message::text(
+        json!({"type": "hello", "v": 1, "token": token}).to_string(),
+    ))
+    .await?;
+    let welcome = next_json(&mut ws).await?;
+    if welcome["type"] != "welcome" {
+        bail!("expected welcome, got {welcome}");
+    }
+    Ok((ws, welcome))
+}
+
+/// The next JSON text frame, within 30 s.
+pub async fn next_json(ws: &mut Ws) -> anyhow::Result<Value> {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .context("no frame within 30 s")?
+            .context("connection closed")??;
+        match m {
+            Message::Text(t) => return Ok(serde_json::from_str(&t)?),
+            Message::Close(c) => bail!("closed: {c:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Sends a request and waits for the reply with the same `id`.
+pub async fn request(ws: &mut Ws, req: Value) -> anyhow::Result<Value> {
+    let id = req["id"].clone();
+    ws.send(Message::text(req.to_string())).await?;
+    loop {
+        let v = next_json(ws).await?;
+        if v["id"] == id {
+            if v["type"] == "error" {
+                bail!("request failed: {v}");
+            }
+            return Ok(v);
+        }
+    }
+}
+
+/// What a client task is told to do.
+pub enum Cmd {
+    /// Send one message to this room.
+    Send(Arc<str>),
+}
+
+/// Runs a connected client until `stop`: sends on command (the text carries
+/// the send time), records the ack latency of its own sends and the
+/// end-to-end latency of every message it reads, and pings when idle.
+pub async fn run(
+    conn: usize,
+    mut ws: Ws,
+    mut cmds: mpsc::Receiver<Cmd>,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) {
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    let mut n: u64 = 0;
+    let mut commands_open = true;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = ping.tick() => {
+                if ws.send(Message::text(r#"{"type":"ping"}"#)).await.is_err() {
+                    break;
+                }
+            }
+            cmd = cmds.recv(), if commands_open => {
+                let Some(Cmd::Send(room)) = cmd else {
+                    // Not a sender (or the run is over): just read.
+                    commands_open = false;
+                    continue;
+                };
+                n += 1;
+                let t = now_us();
+                // The id carries the send time (for the ack); the text
+                // carries it for every recipient.
+                let frame = format!(
+                    r#"{{"type":"send","id":"c{conn}x{n}t{t}","room":"{room}","text":"t{t}"}}"#
+                );
+                if ws.send(Message::text(frame)).await.is_err() {
+                    break;
+                }
+                Stats::add(&stats.sent, 1);
+            }
+            m = ws.next() => {
+                let Some(Ok(m)) = m else { break };
+                if let Message::Text(t) = m {
+                    on_frame(conn, &t, &stats);
+                }
+            }
+        }
+    }
+    Stats::add(&stats.disconnects, 1);
+    let _closed = ws.close(None).await;
+}
+
+/// Parses `t<micros>` at the end of `s`.
+fn sent_at(s: &str) -> Option<u64> {
+    s.rsplit_once('t')?.1.parse().ok()
+}
+
+fn on_frame(conn: usize, text: &str, stats: &Stats) {
+    let now = now_us();
+    // Cheap checks before parsing: most frames are message events.
+    let Ok(v) = serde_json::from_str::<Value>(text) else {
+        return;
+    };
+    match v["type"].as_str() {
+        Some("event") if v["kind"] == "msg" => {
+            Stats::add(&stats.delivered, 1);
+            if let Some(t) = v["text"].as_str().and_then(sent_at) {
+                stats.e2e.record(conn, now.saturating_sub(t));
+            }
+        }
+        Some("ack") => {
+            Stats::add(&stats.acked, 1);
+            if let Some(t) = v["id"].as_str().and_then(sent_at) {
+                stats.ack.record(conn, now.saturating_sub(t));
+            }
+        }
+        Some("error") => Stats::add(&stats.errors, 1),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_times_are_read_back_from_ids_and_texts() {
+        assert_eq!(
+            sent_at("c12x3t1700000000123456"),
+            Some(1_700_000_000_123_456)
+        );
+        assert_eq!(sent_at("t42"), Some(42));
+        assert_eq!(sent_at("hello"), None);
+    }
+
+    #[test]
+    fn source_addresses_spread_over_loopback() {
+        assert_eq!(source_addr(0).ip().to_string(), "127.0.0.2");
+        assert_eq!(source_addr(199).ip().to_string(), "127.0.0.201");
+        assert_eq!(source_addr(200).ip().to_string(), "127.0.0.2");
+    }
+}

@@ -1,0 +1,284 @@
+//! `chat-bench`: a load generator that speaks the client protocol and runs
+//! named scenarios against a running system on loopback, or starts a system
+//! itself and runs a suite. Figures are reported, never asserted.
+//!
+//! ```text
+//! chat-bench suite [--scale short|full] [--out DIR]
+//! chat-bench run --scenario idle|dm|group|broadcast --ws URL[,URL…] --key-file PEM
+//!                [--connections N] [--room-size N] [--rate MSG_PER_S]
+//!                [--warmup S] [--duration S] [--ramp FACTOR]
+//!                [--watch NAME=PID,…] [--issuer I] [--audience A] [--out DIR]
+//! ```
+
+mod client;
+mod procs;
+mod report;
+mod scenario;
+mod stats;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use chat_jwt::{KeyPair, Signer};
+
+use crate::procs::Watched;
+use crate::report::{Machine, Report};
+use crate::scenario::{Kind, Outcome, Params, Target};
+
+const USAGE: &str = "usage:
+  chat-bench suite [--scale short|full] [--out DIR]
+  chat-bench run --scenario idle|dm|group|broadcast --ws URL[,URL...] --key-file PEM
+                 [--connections N] [--room-size N] [--rate MSG_PER_S] [--warmup S]
+                 [--duration S] [--ramp FACTOR] [--watch NAME=PID,...]
+                 [--issuer I] [--audience A] [--out DIR]";
+
+/// `--name value` pairs after the subcommand.
+fn flags(args: &[String]) -> anyhow::Result<HashMap<String, String>> {
+    let mut out = HashMap::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let Some(name) = a.strip_prefix("--") else {
+            bail!("unexpected argument {a}\n{USAGE}");
+        };
+        let value = it
+            .next()
+            .with_context(|| format!("--{name} needs a value\n{USAGE}"))?;
+        out.insert(name.to_string(), value.clone());
+    }
+    Ok(out)
+}
+
+fn get<T: std::str::FromStr>(
+    f: &HashMap<String, String>,
+    name: &str,
+    default: T,
+) -> anyhow::Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    match f.get(name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--{name} {v}: {e}\n{USAGE}")),
+    }
+}
+
+fn signer(key_file: &std::path::Path, issuer: &str, audience: &str) -> anyhow::Result<Signer> {
+    let pem = std::fs::read_to_string(key_file)
+        .with_context(|| format!("read the auth signing key {}", key_file.display()))?;
+    let key = KeyPair::from_pkcs8_pem(&pem)?;
+    Ok(Signer::new(
+        key,
+        issuer,
+        audience,
+        Duration::from_secs(6 * 3600),
+    )?)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((cmd, rest)) = args.split_first() else {
+        bail!("{USAGE}");
+    };
+    let f = flags(rest)?;
+    let started_unix = unix_now();
+    let (outcomes, out_dir) = match cmd.as_str() {
+        "suite" => {
+            let scale: String = get(&f, "scale", "short".to_string())?;
+            (
+                suite(&scale).await?,
+                get(&f, "out", PathBuf::from("bench/results"))?,
+            )
+        }
+        "run" => (
+            run(&f).await?,
+            get(&f, "out", PathBuf::from("bench/results"))?,
+        ),
+        _ => bail!("{USAGE}"),
+    };
+    let report = Report {
+        started_unix,
+        machine: Machine::here(),
+        outcomes,
+    };
+    report::write(&out_dir, &report)?;
+    println!("{}", report::markdown(&report));
+    println!(
+        "(written to {}/report.json and report.md)",
+        out_dir.display()
+    );
+    Ok(())
+}
+
+/// One scenario (or a ramp) against a running system.
+async fn run(f: &HashMap<String, String>) -> anyhow::Result<Vec<Outcome>> {
+    let kind: Kind = get(f, "scenario", Kind::Idle)?;
+    let ws: Vec<String> = f
+        .get("ws")
+        .context("--ws is required")?
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    let key: PathBuf = f.get("key-file").context("--key-file is required")?.into();
+    let mut watch = Vec::new();
+    if let Some(w) = f.get("watch") {
+        for item in w.split(',') {
+            let (name, pid) = item.split_once('=').context("--watch takes NAME=PID")?;
+            watch.push(Watched {
+                name: name.into(),
+                pid: pid.parse().context("--watch pid")?,
+            });
+        }
+    }
+    let target = Target {
+        ws,
+        signer: signer(
+            &key,
+            &get(f, "issuer", "urn:chat:auth".to_string())?,
+            &get(f, "audience", "chat".to_string())?,
+        )?,
+        watch,
+    };
+    let default_room = match kind {
+        Kind::Idle => 10,
+        Kind::Dm => 2,
+        Kind::Group => 100,
+        Kind::Broadcast => usize::MAX,
+    };
+    let connections = get(f, "connections", 1000)?;
+    let p = Params {
+        kind,
+        label: format!("{kind:?}").to_lowercase(),
+        connections,
+        room_size: get(f, "room-size", default_room)?.min(connections.max(1)),
+        rate: get(f, "rate", 1000.0)?,
+        warmup: Duration::from_secs_f64(get(f, "warmup", 2.0)?),
+        duration: Duration::from_secs_f64(get(f, "duration", 10.0)?),
+        first_user: get(f, "first-user", 0)?,
+    };
+    match f.get("ramp") {
+        Some(factor) => {
+            let factor: f64 = factor.parse().context("--ramp FACTOR")?;
+            scenario::ramp(&target, &p, factor, 200.0, 12).await
+        }
+        None => Ok(vec![scenario::run(&target, &p).await?]),
+    }
+}
+
+/// Starts nats-server and every service as its own (release) process, then
+/// runs the suite's scenarios against it.
+async fn suite(scale: &str) -> anyhow::Result<Vec<Outcome>> {
+    let full = match scale {
+        "short" => false,
+        "full" => true,
+        other => bail!("--scale {other}: short or full"),
+    };
+    let nats = chat_testkit::NatsServer::start().await?;
+    let deployment = chat_e2e::deploy::Deployment::start(
+        &nats.url(),
+        1,
+        &[
+            ("CHAT_GATEWAY_RATE_PER_SEC", "100000"),
+            ("CHAT_GATEWAY_RATE_BURST", "100000"),
+            ("CHAT_GATEWAY_MAX_CONNECTIONS", "19500"),
+            ("RUST_LOG", "warn"),
+        ],
+    )
+    .await
+    .context("start the system (build it first: cargo build --release --workspace --bins)")?;
+    let mut watch: Vec<Watched> = deployment
+        .gateways
+        .iter()
+        .chain(&deployment.fanouts)
+        .chain(&deployment.histories)
+        .chain(&deployment.presences)
+        .filter_map(|p| {
+            Some(Watched {
+                name: p.name.clone(),
+                pid: p.pid()?,
+            })
+        })
+        .collect();
+    if let Some(pid) = nats.pid() {
+        watch.push(Watched {
+            name: "nats-server".into(),
+            pid,
+        });
+    }
+    let target = Target {
+        ws: deployment.ws_urls(),
+        signer: signer(
+            &deployment.data.path().join("auth-signing-key.pem"),
+            chat_e2e::ISSUER,
+            chat_e2e::AUDIENCE,
+        )?,
+        watch,
+    };
+
+    let secs = Duration::from_secs;
+    let (idle_n, dm_n, dm_rate, group_n, group_rate, bc_n, bc_rate, window) = if full {
+        (
+            19_000,
+            10_000,
+            15_000.0,
+            10_000,
+            2_000.0,
+            10_000,
+            20.0,
+            secs(20),
+        )
+    } else {
+        (2_000, 1_000, 2_000.0, 1_000, 500.0, 2_000, 20.0, secs(10))
+    };
+    let mut next_user = 0;
+    let mut params = |kind: Kind, label: &str, connections: usize, room_size: usize, rate: f64| {
+        let p = Params {
+            kind,
+            label: label.to_string(),
+            connections,
+            room_size,
+            rate,
+            warmup: secs(3),
+            duration: if kind == Kind::Idle { secs(5) } else { window },
+            first_user: next_user,
+        };
+        next_user += connections + 1;
+        p
+    };
+    let plan = [
+        params(Kind::Idle, "idle", idle_n, 10, 0.0),
+        params(Kind::Dm, "dm", dm_n, 2, dm_rate),
+        params(
+            Kind::Group,
+            "group (rooms of 100)",
+            group_n,
+            100,
+            group_rate,
+        ),
+        params(Kind::Broadcast, "broadcast", bc_n, bc_n, bc_rate),
+    ];
+    let burst = params(Kind::Group, "burst (rooms of 20)", 1_000, 20, 500.0);
+    let mut outcomes = Vec::new();
+    for p in &plan {
+        eprintln!("chat-bench: {} ({} connections)", p.label, p.connections);
+        outcomes.push(scenario::run(&target, p).await?);
+    }
+    eprintln!("chat-bench: burst ramp");
+    let mut b = burst;
+    b.duration = secs(5);
+    b.warmup = secs(2);
+    outcomes.extend(scenario::ramp(&target, &b, 1.5, 200.0, if full { 12 } else { 6 }).await?);
+    drop(deployment);
+    drop(nats);
+    Ok(outcomes)
+}
