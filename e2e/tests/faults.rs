@@ -17,8 +17,11 @@ const LOAD_OPTIONS: [(&str, &str); 3] = [
     ("CHAT_GATEWAY_RESUME_MAX", "100000"),
 ];
 
-/// How long a reader may take to see its whole room.
-const READ_DEADLINE: Duration = Duration::from_secs(180);
+/// How long a reader may take to see its whole room: 3 minutes, plus 50 ms
+/// per message of the load.
+fn read_deadline() -> Duration {
+    Duration::from_secs(180) + Duration::from_millis(50) * load::per_sender() as u32
+}
 
 /// Index in `cluster.nodes` of the room stream's leader (nodes are named
 /// n1, n2, n3 by the test kit), asked through any node but `skip`.
@@ -49,7 +52,7 @@ async fn deployed_under_load(instances: usize) -> (NatsServer, Deployment, Run) 
     let plan = load::prepare(&d.gateways[0].http_url(), &d.gateways[0].ws_url())
         .await
         .expect("rooms");
-    let run = Run::start(plan, d.ws_urls(), load::per_sender(), READ_DEADLINE);
+    let run = Run::start(plan, d.ws_urls(), load::per_sender(), read_deadline());
     (nats, d, run)
 }
 
@@ -65,7 +68,7 @@ async fn losing_one_nats_node_of_three_loses_no_acknowledged_message() {
     let plan = load::prepare(&sys.http_url(), &sys.ws_url())
         .await
         .expect("rooms");
-    let run = Run::start(plan, urls, load::per_sender(), READ_DEADLINE);
+    let run = Run::start(plan, urls, load::per_sender(), read_deadline());
 
     // Mid-run, SIGKILL the room stream's leader: that forces a leader
     // election while sends are in flight (the hardest single-node loss).
@@ -208,7 +211,7 @@ async fn partitioning_one_nats_node_away_and_healing_loses_nothing() {
     let plan = load::prepare(&d.gateways[0].http_url(), &d.gateways[0].ws_url())
         .await
         .expect("rooms");
-    let run = Run::start(plan, d.ws_urls(), load::per_sender(), READ_DEADLINE);
+    let run = Run::start(plan, d.ws_urls(), load::per_sender(), read_deadline());
 
     // Mid-run, cut the room stream leader's routes. Its clients stay
     // connected to it (a partition, not a crash) and see JetStream fail

@@ -31,7 +31,7 @@ async fn one_gateway_killed_behind(kind: Kind, scenario: &str) {
         plan,
         vec![lb.ws_url()],
         load::per_sender(),
-        Duration::from_secs(180),
+        Duration::from_secs(180) + Duration::from_millis(50) * load::per_sender() as u32,
     );
 
     // The load balancer spread the clients: both gateways hold some.
