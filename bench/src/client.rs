@@ -170,6 +170,7 @@ fn sent_at(s: &str) -> Option<u64> {
 
 fn on_frame(conn: usize, text: &str, stats: &Stats) {
     let now = now_us();
+    Stats::add(&stats.frames, 1);
     // Cheap checks before parsing: most frames are message events.
     let Ok(v) = serde_json::from_str::<Value>(text) else {
         return;

@@ -207,6 +207,7 @@ pub async fn setup(target: &Target, p: &Params) -> anyhow::Result<Session> {
             }
         }
     }
+    settle(&stats).await;
     Ok(Session {
         stats,
         stop,
@@ -325,6 +326,22 @@ pub async fn ramp(
     }
     session.close().await;
     Ok(steps)
+}
+
+/// Waits (up to 2 minutes) until clients have read nothing for a second:
+/// the joins' own deliveries (each join goes to every member so far, so a
+/// room of n costs n²/2 frames) must not spill into the measurement.
+async fn settle(stats: &Stats) {
+    let end = Instant::now() + Duration::from_secs(120);
+    let mut last = Stats::get(&stats.frames);
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = Stats::get(&stats.frames);
+        if now == last {
+            return;
+        }
+        last = now;
+    }
 }
 
 /// Hands out sends at `rate` per second, round robin over `senders`.

@@ -90,6 +90,8 @@ pub struct Stats {
     pub delivered: AtomicU64,
     pub errors: AtomicU64,
     pub connected: AtomicU64,
+    /// Every frame read, of any type (to see when the system is quiet).
+    pub frames: AtomicU64,
     pub disconnects: AtomicU64,
     /// Sender's write → each recipient's read.
     pub e2e: Latency,
@@ -105,6 +107,7 @@ impl Stats {
             delivered: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             connected: AtomicU64::new(0),
+            frames: AtomicU64::new(0),
             disconnects: AtomicU64::new(0),
             e2e: Latency::new(),
             ack: Latency::new(),

@@ -36,6 +36,11 @@ pub struct Limits {
     /// `CHAT_GATEWAY_MAX_CONNECTIONS` (10000): connections per gateway process;
     /// upgrades beyond it get HTTP 503.
     pub max_connections: usize,
+    /// `CHAT_GATEWAY_READ_BUFFER_BYTES` (4096, at least 256): the WebSocket
+    /// read buffer each connection allocates. The library default (128 KiB)
+    /// made an idle connection cost about 160 KiB; larger frames still
+    /// arrive, in more reads.
+    pub read_buffer_bytes: usize,
 }
 
 impl Limits {
@@ -111,6 +116,7 @@ impl Config {
             idle_timeout: s.millis("CHAT_GATEWAY_IDLE_TIMEOUT_MS", Duration::from_secs(60))?,
             max_connections: s.at_least("CHAT_GATEWAY_MAX_CONNECTIONS", 10_000usize, 1)?,
             resume_max: s.at_least("CHAT_GATEWAY_RESUME_MAX", 1000u64, 1)?,
+            read_buffer_bytes: s.at_least("CHAT_GATEWAY_READ_BUFFER_BYTES", 4096usize, 256)?,
         };
         if limits.max_text_bytes >= limits.max_frame_bytes {
             return Err(ConfigError::Invalid {
@@ -151,6 +157,7 @@ mod tests {
     fn defaults_are_valid() {
         let c = Config::from_source(&MapSource::new()).expect("defaults");
         assert_eq!(c.limits.max_frame_bytes, 65536);
+        assert_eq!(c.limits.read_buffer_bytes, 4096);
         assert!(c.allowed_origins.is_empty());
     }
 
@@ -168,5 +175,15 @@ mod tests {
         let src = MapSource::new().with("CHAT_GATEWAY_ID", "has.dot");
         let err = Config::from_source(&src).err().map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("CHAT_GATEWAY_ID")));
+    }
+
+    #[test]
+    fn the_read_buffer_has_a_floor() {
+        let ok = MapSource::new().with("CHAT_GATEWAY_READ_BUFFER_BYTES", "256");
+        let c = Config::from_source(&ok).expect("256 is the floor");
+        assert_eq!(c.limits.read_buffer_bytes, 256);
+        let low = MapSource::new().with("CHAT_GATEWAY_READ_BUFFER_BYTES", "255");
+        let err = Config::from_source(&low).expect_err("below the floor");
+        assert!(err.to_string().contains("CHAT_GATEWAY_READ_BUFFER_BYTES"), "{err}");
     }
 }

@@ -48,6 +48,7 @@ async fn ws_upgrade(
     let tracker = st.sessions.clone();
     ws.max_message_size(limits.max_frame_bytes)
         .max_frame_size(limits.max_frame_bytes)
+        .read_buffer_size(limits.read_buffer_bytes)
         .on_upgrade(move |socket| {
             let token = tracker.token();
             async move {
