@@ -184,6 +184,9 @@ mod tests {
         assert_eq!(c.limits.read_buffer_bytes, 256);
         let low = MapSource::new().with("CHAT_GATEWAY_READ_BUFFER_BYTES", "255");
         let err = Config::from_source(&low).expect_err("below the floor");
-        assert!(err.to_string().contains("CHAT_GATEWAY_READ_BUFFER_BYTES"), "{err}");
+        assert!(
+            err.to_string().contains("CHAT_GATEWAY_READ_BUFFER_BYTES"),
+            "{err}"
+        );
     }
 }
