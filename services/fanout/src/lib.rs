@@ -53,7 +53,13 @@ pub(crate) struct Fanout {
     members: MemberCache,
     view: PresenceView,
     heads: heads::HeadBook,
+    /// This instance's id on `fanout.membership` (its own changes are
+    /// already applied, in stream order, and must not come back late).
+    instance: Arc<str>,
 }
+
+/// Header naming the fanout instance that shared a membership change.
+pub(crate) const INSTANCE_HEADER: &str = "Chat-Fanout-Instance";
 
 impl Fanout {
     /// Publishes each delivery on `gw.<id>.deliver` (core NATS). Deliveries
@@ -137,6 +143,11 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
         history,
         view,
         heads: heads::HeadBook::default(),
+        instance: Arc::from(format!(
+            "{}-{}",
+            std::process::id(),
+            chat_core::time::now_ms()
+        )),
     };
     let heads_task = tokio::spawn(heads::publish_loop(
         fanout.clone(),
@@ -150,8 +161,17 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
         .await
         .context("fanout: subscribe membership changes")?;
     let members = fanout.members.clone();
+    let me = fanout.instance.clone();
     let changes_task = tokio::spawn(async move {
         while let Some(msg) = futures::StreamExt::next(&mut shared_changes).await {
+            let from_me = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(INSTANCE_HEADER))
+                .is_some_and(|v| v.as_str() == &*me);
+            if from_me {
+                continue;
+            }
             match serde_json::from_slice::<chat_core::events::MembershipChange>(&msg.payload) {
                 Ok(c) => match c.op {
                     chat_core::events::MemberOp::Join => members.joined(&c.room, &c.user),

@@ -170,9 +170,11 @@ async fn handle(fanout: &Fanout, msg: &Message) -> Outcome {
         // The other instances see only their part of the stream: tell them.
         match serde_json::to_vec(change) {
             Ok(body) => {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(crate::INSTANCE_HEADER, &*fanout.instance);
                 if let Err(e) = fanout
                     .client
-                    .publish(names::FANOUT_MEMBERSHIP, body.into())
+                    .publish_with_headers(names::FANOUT_MEMBERSHIP, headers, body.into())
                     .await
                 {
                     tracing::warn!(error = %e, "membership change not shared; other instances refresh within a minute");
