@@ -4,6 +4,8 @@
 //!
 //! ```text
 //! chat-bench suite [--scale short|full] [--out DIR]
+//! chat-bench system [--gateways N]          # start a system, keep it up
+//! chat-bench fleet [--gateways N] [--per-gateway C] [--hold S] [--out DIR]
 //! chat-bench run --scenario idle|dm|group|broadcast --ws URL[,URL…] --key-file PEM
 //!                [--connections N] [--room-size N] [--rate MSG_PER_S]
 //!                [--warmup S] [--duration S] [--ramp FACTOR]
@@ -11,6 +13,7 @@
 //! ```
 
 mod client;
+mod fleet;
 mod procs;
 mod report;
 mod scenario;
@@ -29,6 +32,8 @@ use crate::scenario::{Kind, Outcome, Params, Target};
 
 const USAGE: &str = "usage:
   chat-bench suite [--scale short|full] [--out DIR]
+  chat-bench system [--gateways N]
+  chat-bench fleet [--gateways N] [--per-gateway C] [--hold S] [--out DIR]
   chat-bench run --scenario idle|dm|group|broadcast --ws URL[,URL...] --key-file PEM
                  [--connections N] [--room-size N] [--rate MSG_PER_S] [--warmup S]
                  [--duration S] [--ramp FACTOR] [--watch NAME=PID,...]
@@ -104,6 +109,8 @@ async fn main() -> anyhow::Result<()> {
             run(&f).await?,
             get(&f, "out", PathBuf::from("bench/results"))?,
         ),
+        "system" => return system(&f).await,
+        "fleet" => return fleet::run(&f).await,
         _ => bail!("{USAGE}"),
     };
     let report = Report {
@@ -175,55 +182,96 @@ async fn run(f: &HashMap<String, String>) -> anyhow::Result<Vec<Outcome>> {
     }
 }
 
-/// Starts nats-server and every service as its own (release) process, then
-/// runs the suite's scenarios against it.
+/// A system started by the bench: nats-server and every service as its own
+/// (release) process.
+struct System {
+    nats: chat_testkit::NatsServer,
+    deployment: chat_e2e::deploy::Deployment,
+}
+
+impl System {
+    async fn start(gateways: usize) -> anyhow::Result<Self> {
+        let nats = chat_testkit::NatsServer::start().await?;
+        let deployment = chat_e2e::deploy::Deployment::start_sized(
+            &nats.url(),
+            gateways,
+            1,
+            &[
+                ("CHAT_GATEWAY_RATE_PER_SEC", "100000"),
+                ("CHAT_GATEWAY_RATE_BURST", "100000"),
+                ("CHAT_GATEWAY_MAX_CONNECTIONS", "19500"),
+                ("RUST_LOG", "warn"),
+            ],
+        )
+        .await
+        .context("start the system (build it first: cargo build --release --workspace --bins)")?;
+        Ok(Self { nats, deployment })
+    }
+
+    fn key_file(&self) -> PathBuf {
+        self.deployment.data.path().join("auth-signing-key.pem")
+    }
+
+    fn watched(&self) -> Vec<Watched> {
+        let d = &self.deployment;
+        let mut watch: Vec<Watched> = d
+            .gateways
+            .iter()
+            .chain(&d.fanouts)
+            .chain(&d.histories)
+            .chain(&d.presences)
+            .filter_map(|p| {
+                Some(Watched {
+                    name: p.name.clone(),
+                    pid: p.pid()?,
+                })
+            })
+            .collect();
+        if let Some(pid) = self.nats.pid() {
+            watch.push(Watched {
+                name: "nats-server".into(),
+                pid,
+            });
+        }
+        watch
+    }
+
+    fn target(&self) -> anyhow::Result<Target> {
+        Ok(Target {
+            ws: self.deployment.ws_urls(),
+            signer: signer(&self.key_file(), chat_e2e::ISSUER, chat_e2e::AUDIENCE)?,
+            watch: self.watched(),
+        })
+    }
+}
+
+/// `chat-bench system`: starts a system and keeps it up until Ctrl-C, for
+/// `run`, profilers and hand checks.
+async fn system(f: &HashMap<String, String>) -> anyhow::Result<()> {
+    let sys = System::start(get(f, "gateways", 1)?).await?;
+    println!("nats:     {}", sys.nats.url());
+    println!("ws:       {}", sys.deployment.ws_urls().join(","));
+    println!("key-file: {}", sys.key_file().display());
+    let watch: Vec<String> = sys
+        .watched()
+        .iter()
+        .map(|w| format!("{}={}", w.name, w.pid))
+        .collect();
+    println!("watch:    {}", watch.join(","));
+    println!("(Ctrl-C stops it)");
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
+/// Starts the system, then runs the suite's scenarios against it.
 async fn suite(scale: &str) -> anyhow::Result<Vec<Outcome>> {
     let full = match scale {
         "short" => false,
         "full" => true,
         other => bail!("--scale {other}: short or full"),
     };
-    let nats = chat_testkit::NatsServer::start().await?;
-    let deployment = chat_e2e::deploy::Deployment::start(
-        &nats.url(),
-        1,
-        &[
-            ("CHAT_GATEWAY_RATE_PER_SEC", "100000"),
-            ("CHAT_GATEWAY_RATE_BURST", "100000"),
-            ("CHAT_GATEWAY_MAX_CONNECTIONS", "19500"),
-            ("RUST_LOG", "warn"),
-        ],
-    )
-    .await
-    .context("start the system (build it first: cargo build --release --workspace --bins)")?;
-    let mut watch: Vec<Watched> = deployment
-        .gateways
-        .iter()
-        .chain(&deployment.fanouts)
-        .chain(&deployment.histories)
-        .chain(&deployment.presences)
-        .filter_map(|p| {
-            Some(Watched {
-                name: p.name.clone(),
-                pid: p.pid()?,
-            })
-        })
-        .collect();
-    if let Some(pid) = nats.pid() {
-        watch.push(Watched {
-            name: "nats-server".into(),
-            pid,
-        });
-    }
-    let target = Target {
-        ws: deployment.ws_urls(),
-        signer: signer(
-            &deployment.data.path().join("auth-signing-key.pem"),
-            chat_e2e::ISSUER,
-            chat_e2e::AUDIENCE,
-        )?,
-        watch,
-    };
+    let sys = System::start(1).await?;
+    let target = sys.target()?;
 
     let secs = Duration::from_secs;
     let (idle_n, dm_n, dm_rate, group_n, group_rate, bc_n, bc_rate, window) = if full {
@@ -278,7 +326,6 @@ async fn suite(scale: &str) -> anyhow::Result<Vec<Outcome>> {
     b.duration = secs(5);
     b.warmup = secs(2);
     outcomes.extend(scenario::ramp(&target, &b, 1.5, 200.0, if full { 12 } else { 6 }).await?);
-    drop(deployment);
-    drop(nats);
+    drop(sys);
     Ok(outcomes)
 }

@@ -198,6 +198,17 @@ impl Deployment {
         instances: usize,
         extra: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
+        Self::start_sized(nats_url, instances, instances, extra).await
+    }
+
+    /// Like [`Deployment::start`], with `gateways` gateways and `instances`
+    /// of each other service (e.g. many gateways to hold many connections).
+    pub async fn start_sized(
+        nats_url: &str,
+        gateway_count: usize,
+        instances: usize,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let data = tempfile::tempdir()?;
         let dir = data.path();
         let d = dir.display();
@@ -245,6 +256,14 @@ impl Deployment {
         // gateway asks them), then fanout, then the gateways.
         let (mut histories, mut presences, mut fanouts, mut gateways) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for i in 1..=gateway_count {
+            gateways.push(make(
+                format!("gateway-{i}"),
+                "chat-gateway",
+                "CHAT_GATEWAY_LISTEN",
+                &upstream,
+            ));
+        }
         for i in 1..=instances {
             histories.push(make(
                 format!("history-{i}"),
@@ -263,12 +282,6 @@ impl Deployment {
                 "chat-fanout",
                 "CHAT_FANOUT_LISTEN",
                 &[],
-            ));
-            gateways.push(make(
-                format!("gateway-{i}"),
-                "chat-gateway",
-                "CHAT_GATEWAY_LISTEN",
-                &upstream,
             ));
         }
         for p in histories

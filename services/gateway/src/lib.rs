@@ -10,6 +10,7 @@ pub mod error;
 pub mod http_routes;
 pub mod ordering;
 pub mod presence;
+pub mod queue;
 pub mod registry;
 pub mod session;
 pub mod state;
@@ -64,7 +65,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
     .context("token verifier")?;
     let ready = Readiness::new(Some(nats.clone()));
     let deliveries_ready = ready.flag("deliveries");
-    let st = AppState {
+    let st = AppState::new(state::State {
         config: config.clone(),
         nats: nats.clone(),
         log: RoomLog::new(js, stream),
@@ -76,7 +77,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
         next_session: Arc::new(AtomicU64::new(1)),
         shutdown: shutdown.clone(),
         http: reqwest::Client::new(),
-    };
+    });
 
     let mut deliveries = nats
         .subscribe(names::gateway_deliver(&gw))

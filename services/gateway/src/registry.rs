@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use axum::extract::ws::Utf8Bytes;
 use chat_core::events::{Delivery, MemberOp};
 use chat_core::{RoomId, UserId};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Identifies one connection within this process.
@@ -44,7 +43,7 @@ pub enum Out {
 #[derive(Clone)]
 pub struct SessionHandle {
     /// Work for the writer; bounded by the queue depth.
-    pub tx: mpsc::Sender<Out>,
+    pub tx: crate::queue::Sender<Out>,
     /// Cancelled to close the session; the reason is in `close_reason`.
     pub kill: CancellationToken,
     pub close_reason: Arc<Mutex<Option<CloseReason>>>,
@@ -74,7 +73,7 @@ impl SessionHandle {
     pub fn push_out(&self, out: Out) -> bool {
         match self.tx.try_send(out) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(crate::queue::PushError::Full) => {
                 metrics::counter!("chat_gateway_slow_consumer_closes_total").increment(1);
                 self.close(
                     chat_core::wire::close::SLOW_CONSUMER,
@@ -82,7 +81,7 @@ impl SessionHandle {
                 );
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(crate::queue::PushError::Closed) => false,
         }
     }
 }

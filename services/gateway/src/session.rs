@@ -13,7 +13,7 @@ use chat_core::svc::ErrorCode;
 use chat_core::wire::{ClientFrame, PROTOCOL_VERSION, ServerFrame, close};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -99,28 +99,36 @@ pub async fn run(st: AppState, socket: WebSocket, _permit: OwnedSemaphorePermit)
     let session_id = st.next_session.fetch_add(1, Ordering::Relaxed);
     let (mut sink, mut stream) = socket.split();
 
-    let (user, resume) = match authenticate(&st, &mut stream).await {
+    // Every step that awaits another service is boxed: an async fn's state
+    // is as large as its largest await point, and an idle session should
+    // hold only what it needs while it waits for the next frame.
+    let (user, resume) = match Box::pin(authenticate(&st, &mut stream)).await {
         Ok(ok) => ok,
         Err((code, reason, error_frame)) => {
             if let Some(f) = error_frame {
                 let _sent = sink.send(Message::Text(encode(&f))).await;
             }
-            close_sink(&mut sink, code, &reason).await;
+            Box::pin(close_sink(&mut sink, code, &reason)).await;
             metrics::gauge!("chat_gateway_connections").decrement(1.0);
             return;
         }
     };
     let span = tracing::info_span!("session", session = session_id, user = %user);
     async move {
-        let rooms = match st.rooms_of(&user).await {
+        let rooms = match Box::pin(st.rooms_of(&user)).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot load rooms");
-                close_sink(&mut sink, close::INTERNAL, "backend unavailable, retry").await;
+                Box::pin(close_sink(
+                    &mut sink,
+                    close::INTERNAL,
+                    "backend unavailable, retry",
+                ))
+                .await;
                 return;
             }
         };
-        let (tx, rx) = mpsc::channel(st.config.limits.queue_depth);
+        let (tx, rx) = crate::queue::bounded(st.config.limits.queue_depth);
         let handle = SessionHandle {
             tx,
             kill: CancellationToken::new(),
@@ -130,7 +138,7 @@ pub async fn run(st: AppState, socket: WebSocket, _permit: OwnedSemaphorePermit)
             .registry
             .add(&user, session_id, handle.clone(), rooms.clone())
         {
-            st.presence.connect(&user).await;
+            Box::pin(st.presence.connect(&user)).await;
         }
         let writer = tokio::spawn(crate::writer::run(
             st.clone(),
@@ -152,10 +160,10 @@ pub async fn run(st: AppState, socket: WebSocket, _permit: OwnedSemaphorePermit)
         read_loop(&st, &user, &handle, &mut stream).await;
 
         if st.registry.remove(&user, session_id) {
-            st.presence.disconnect(&user).await;
+            Box::pin(st.presence.disconnect(&user)).await;
         }
         handle.kill.cancel();
-        if tokio::time::timeout(Duration::from_secs(5), writer)
+        if Box::pin(tokio::time::timeout(Duration::from_secs(5), writer))
             .await
             .is_err()
         {
@@ -311,7 +319,7 @@ async fn read_loop(
             }));
             continue;
         }
-        let reply = crate::commands::handle(st, user, &text).await;
+        let reply = Box::pin(crate::commands::handle(st, user, &text)).await;
         if !handle.push(encode(&reply)) {
             return;
         }

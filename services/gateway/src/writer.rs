@@ -14,7 +14,6 @@ use chat_core::wire::{ServerFrame, close};
 use chat_core::{RoomId, SCHEMA_VERSION};
 use futures::SinkExt;
 use futures::stream::SplitSink;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::ordering::{Cursors, Step};
@@ -58,7 +57,7 @@ async fn send(sink: &mut Sink, frame: Utf8Bytes) -> Result<(), Stop> {
 pub async fn run(
     st: AppState,
     mut sink: Sink,
-    mut rx: mpsc::Receiver<Out>,
+    mut rx: crate::queue::Receiver<Out>,
     kill: CancellationToken,
     reason: Arc<Mutex<Option<CloseReason>>>,
 ) {
@@ -69,7 +68,6 @@ pub async fn run(
             _ = kill.cancelled() => break,
             out = rx.recv() => out,
         };
-        let Some(out) = out else { break };
         match handle(&st, &mut sink, &mut cursors, out).await {
             Ok(()) => {}
             Err(Stop::Gone) => {
@@ -103,7 +101,7 @@ pub async fn run(
             // frame explaining it) are flushed first, except for a slow
             // consumer whose queue is the problem.
             if r.code != close::SLOW_CONSUMER {
-                while let Ok(Out::Frame(f)) = rx.try_recv() {
+                while let Some(Out::Frame(f)) = rx.try_recv() {
                     if send(&mut sink, f).await.is_err() {
                         return;
                     }
@@ -119,7 +117,7 @@ pub async fn run(
                     return;
                 }
             }
-            close_sink(&mut sink, r.code, &r.reason).await;
+            Box::pin(close_sink(&mut sink, r.code, &r.reason)).await;
         }
         None => {
             let _closed = sink.close().await;
@@ -147,7 +145,7 @@ async fn handle(
             }
             Step::Gap { after, before } => {
                 metrics::counter!("chat_gateway_gaps_total").increment(1);
-                if !fill(st, sink, cursors, &room, after, before).await? {
+                if !Box::pin(fill(st, sink, cursors, &room, after, before)).await? {
                     metrics::counter!("chat_gateway_gaps_unfilled_total").increment(1);
                     tracing::warn!(%room, after, before, "gap not filled in time; the client is asked to resume");
                     return Err(Stop::Resync);
@@ -165,7 +163,7 @@ async fn handle(
             tracing::debug!(target: "chat_gateway::heads", %room, seq, upto, "head: filling a missed tail");
             let last = cursors.last(&room).unwrap_or(0);
             metrics::counter!("chat_gateway_gaps_total").increment(1);
-            if fill(st, sink, cursors, &room, last, upto + 1).await? {
+            if Box::pin(fill(st, sink, cursors, &room, last, upto + 1)).await? {
                 Ok(())
             } else {
                 metrics::counter!("chat_gateway_gaps_unfilled_total").increment(1);
@@ -173,46 +171,55 @@ async fn handle(
                 Err(Stop::Resync)
             }
         }
-        Out::Resume { room, after } => {
-            cursors.set(&room, after);
-            let latest = match st.log.last_seq(&room).await {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    tracing::warn!(error = %e, %room, "resume: room tail unavailable");
-                    None
-                }
-            };
-            let max = st.config.limits.resume_max;
-            let complete = match latest {
-                // Unknown tail: the client cannot be told it is complete;
-                // live messages still fill any gap before they are written.
-                None => false,
-                Some(latest) if latest.saturating_sub(after) > max => {
-                    // Too much to push: the client pages history for the
-                    // range, and live messages continue from the tail.
-                    cursors.set(&room, latest);
-                    false
-                }
-                Some(latest) => fill(st, sink, cursors, &room, after, latest + 1).await?,
-            };
-            let to = cursors
-                .last(&room)
-                .unwrap_or(after)
-                .max(latest.unwrap_or(after));
-            metrics::counter!("chat_gateway_resumes_total", "complete" => complete.to_string())
-                .increment(1);
-            send(
-                sink,
-                encode(&ServerFrame::Resumed {
-                    room,
-                    after,
-                    to,
-                    complete,
-                }),
-            )
-            .await
-        }
+        Out::Resume { room, after } => Box::pin(resume(st, sink, cursors, room, after)).await,
     }
+}
+
+/// Sends what the client missed in `room` after `after`, then `resumed`.
+async fn resume(
+    st: &AppState,
+    sink: &mut Sink,
+    cursors: &mut Cursors,
+    room: RoomId,
+    after: u64,
+) -> Result<(), Stop> {
+    cursors.set(&room, after);
+    let latest = match st.log.last_seq(&room).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(error = %e, %room, "resume: room tail unavailable");
+            None
+        }
+    };
+    let max = st.config.limits.resume_max;
+    let complete = match latest {
+        // Unknown tail: the client cannot be told it is complete;
+        // live messages still fill any gap before they are written.
+        None => false,
+        Some(latest) if latest.saturating_sub(after) > max => {
+            // Too much to push: the client pages history for the
+            // range, and live messages continue from the tail.
+            cursors.set(&room, latest);
+            false
+        }
+        Some(latest) => fill(st, sink, cursors, &room, after, latest + 1).await?,
+    };
+    let to = cursors
+        .last(&room)
+        .unwrap_or(after)
+        .max(latest.unwrap_or(after));
+    metrics::counter!("chat_gateway_resumes_total", "complete" => complete.to_string())
+        .increment(1);
+    send(
+        sink,
+        encode(&ServerFrame::Resumed {
+            room,
+            after,
+            to,
+            complete,
+        }),
+    )
+    .await
 }
 
 /// Writes the messages `after < seq < before` of `room` in order, advancing
