@@ -20,6 +20,9 @@ use crate::stats::{Percentiles, Stats};
 /// Connections opened at once during setup.
 const CONNECT_CONCURRENCY: usize = 200;
 
+/// Rooms larger than this are joined before their members come online.
+const PREJOIN_ABOVE: usize = 100;
+
 /// A scenario's shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -172,7 +175,36 @@ pub async fn setup(target: &Target, p: &Params) -> anyhow::Result<Session> {
         rooms.push(Arc::from(id));
     }
 
-    // Clients: connect, join their room, then run.
+    // Large rooms: members join first, each over a short connection, and
+    // come online afterwards (as when an admin fills a team), so the joins
+    // are not delivered to every member already online (n²/2 frames).
+    let prejoin = p.room_size > PREJOIN_ABOVE;
+    if prejoin {
+        let mut joining = JoinSet::new();
+        for c in 0..p.connections {
+            let i = p.first_user + c;
+            let url = target.ws[c % target.ws.len()].clone();
+            let tok = token(&target.signer, i)?;
+            let room = rooms[c / p.room_size.max(1)].clone();
+            joining.spawn(async move {
+                let (mut ws, _) = client::connect(&url, client::source_addr(i), &tok).await?;
+                client::request(
+                    &mut ws,
+                    json!({"type": "room.join", "id": "join", "room": &*room}),
+                )
+                .await?;
+                let _closed = ws.close(None).await;
+                anyhow::Ok(())
+            });
+            if joining.len() >= CONNECT_CONCURRENCY || c + 1 == p.connections {
+                while let Some(res) = joining.join_next().await {
+                    res.context("join task")??;
+                }
+            }
+        }
+    }
+
+    // Clients: connect, join their room (unless done above), then run.
     let mut senders = Vec::new();
     let mut tasks = JoinSet::new();
     let mut pending = JoinSet::new();
@@ -183,11 +215,13 @@ pub async fn setup(target: &Target, p: &Params) -> anyhow::Result<Session> {
         let room = rooms[c / p.room_size.max(1)].clone();
         pending.spawn(async move {
             let (mut ws, _) = client::connect(&url, client::source_addr(i), &tok).await?;
-            client::request(
-                &mut ws,
-                json!({"type": "room.join", "id": "join", "room": &*room}),
-            )
-            .await?;
+            if !prejoin {
+                client::request(
+                    &mut ws,
+                    json!({"type": "room.join", "id": "join", "room": &*room}),
+                )
+                .await?;
+            }
             anyhow::Ok((c, ws, room))
         });
         if pending.len() >= CONNECT_CONCURRENCY || c + 1 == p.connections {
@@ -329,8 +363,9 @@ pub async fn ramp(
 }
 
 /// Waits (up to 2 minutes) until clients have read nothing for a second:
-/// the joins' own deliveries (each join goes to every member so far, so a
-/// room of n costs n²/2 frames) must not spill into the measurement.
+/// the joins' own deliveries (each join goes to every member online, so a
+/// room of n joined online costs n²/2 frames) must not spill into the
+/// measurement.
 async fn settle(stats: &Stats) {
     let end = Instant::now() + Duration::from_secs(120);
     let mut last = Stats::get(&stats.frames);

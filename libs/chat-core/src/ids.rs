@@ -42,19 +42,21 @@ macro_rules! id_type {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        // Shared text: ids are cloned per recipient on hot paths (a room's
+        // id into every session's queue), so a clone must not allocate.
+        pub struct $name(std::sync::Arc<str>);
 
         impl $name {
             /// Validates `s` as this kind of identifier.
             pub fn parse(s: impl Into<String>) -> Result<Self, IdError> {
                 let s = s.into();
                 validate($kind, &s)?;
-                Ok(Self(s))
+                Ok(Self(s.into()))
             }
 
             /// A fresh, time-ordered random identifier with this kind's prefix.
             pub fn generate() -> Self {
-                Self(format!("{}{}", $prefix, uuid::Uuid::now_v7().simple()))
+                Self(format!("{}{}", $prefix, uuid::Uuid::now_v7().simple()).into())
             }
 
             /// The identifier as text.
@@ -72,7 +74,7 @@ macro_rules! id_type {
 
         impl From<$name> for String {
             fn from(id: $name) -> String {
-                id.0
+                id.0.to_string()
             }
         }
 

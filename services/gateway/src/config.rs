@@ -41,6 +41,12 @@ pub struct Limits {
     /// made an idle connection cost about 160 KiB; larger frames still
     /// arrive, in more reads.
     pub read_buffer_bytes: usize,
+    /// `CHAT_GATEWAY_WRITE_BUFFER_BYTES` (8192): frames a session's writer
+    /// batches before writing to the socket (it also writes at the end of
+    /// each batch of up to 64 queued frames). The buffer keeps its size
+    /// after a burst, so this bounds a busy session's write memory; 0
+    /// writes every frame on its own.
+    pub write_buffer_bytes: usize,
 }
 
 impl Limits {
@@ -117,6 +123,7 @@ impl Config {
             max_connections: s.at_least("CHAT_GATEWAY_MAX_CONNECTIONS", 10_000usize, 1)?,
             resume_max: s.at_least("CHAT_GATEWAY_RESUME_MAX", 1000u64, 1)?,
             read_buffer_bytes: s.at_least("CHAT_GATEWAY_READ_BUFFER_BYTES", 4096usize, 256)?,
+            write_buffer_bytes: s.at_least("CHAT_GATEWAY_WRITE_BUFFER_BYTES", 8192usize, 0)?,
         };
         if limits.max_text_bytes >= limits.max_frame_bytes {
             return Err(ConfigError::Invalid {
@@ -158,6 +165,7 @@ mod tests {
         let c = Config::from_source(&MapSource::new()).expect("defaults");
         assert_eq!(c.limits.max_frame_bytes, 65536);
         assert_eq!(c.limits.read_buffer_bytes, 4096);
+        assert_eq!(c.limits.write_buffer_bytes, 8192);
         assert!(c.allowed_origins.is_empty());
     }
 
@@ -186,6 +194,19 @@ mod tests {
         let err = Config::from_source(&low).expect_err("below the floor");
         assert!(
             err.to_string().contains("CHAT_GATEWAY_READ_BUFFER_BYTES"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_write_buffer_may_be_zero_but_must_be_a_size() {
+        let zero = MapSource::new().with("CHAT_GATEWAY_WRITE_BUFFER_BYTES", "0");
+        let c = Config::from_source(&zero).expect("0 writes each frame");
+        assert_eq!(c.limits.write_buffer_bytes, 0);
+        let bad = MapSource::new().with("CHAT_GATEWAY_WRITE_BUFFER_BYTES", "-1");
+        let err = Config::from_source(&bad).expect_err("not a size");
+        assert!(
+            err.to_string().contains("CHAT_GATEWAY_WRITE_BUFFER_BYTES"),
             "{err}"
         );
     }

@@ -49,6 +49,7 @@ async fn ws_upgrade(
     ws.max_message_size(limits.max_frame_bytes)
         .max_frame_size(limits.max_frame_bytes)
         .read_buffer_size(limits.read_buffer_bytes)
+        .write_buffer_size(limits.write_buffer_bytes)
         .on_upgrade(move |socket| {
             let token = tracker.token();
             async move {

@@ -44,12 +44,26 @@ enum Stop {
     Resync,
 }
 
+/// Most frames written per flush: the writer drains what is queued (up to
+/// this many) into the socket's write buffer and flushes once, so a busy
+/// session costs one write syscall per batch rather than per frame.
+const MAX_BATCH: usize = 64;
+
+/// Buffers a frame; it reaches the socket at the next [`flush`] (or when
+/// the write buffer is full).
 async fn send(sink: &mut Sink, frame: Utf8Bytes) -> Result<(), Stop> {
-    sink.send(Message::Text(frame))
+    sink.feed(Message::Text(frame))
         .await
         .map_err(|_| Stop::Gone)?;
     metrics::counter!("chat_gateway_frames_out_total").increment(1);
     Ok(())
+}
+
+/// Writes buffered frames to the socket. Called after each batch and before
+/// anything that waits on another service (a gap fill, a resume), so no
+/// frame waits in the buffer for a request.
+async fn flush(sink: &mut Sink) -> Result<(), Stop> {
+    sink.flush().await.map_err(|_| Stop::Gone)
 }
 
 /// Runs until the queue closes, the socket fails, or `kill`; then closes the
@@ -68,7 +82,17 @@ pub async fn run(
             _ = kill.cancelled() => break,
             out = rx.recv() => out,
         };
-        match handle(&st, &mut sink, &mut cursors, out).await {
+        let mut result = handle(&st, &mut sink, &mut cursors, out).await;
+        let mut batch = 1;
+        while result.is_ok() && batch < MAX_BATCH {
+            let Some(out) = rx.try_recv() else { break };
+            result = handle(&st, &mut sink, &mut cursors, out).await;
+            batch += 1;
+        }
+        if result.is_ok() {
+            result = flush(&mut sink).await;
+        }
+        match result {
             Ok(()) => {}
             Err(Stop::Gone) => {
                 kill.cancel();
@@ -183,6 +207,7 @@ async fn resume(
     room: RoomId,
     after: u64,
 ) -> Result<(), Stop> {
+    flush(sink).await?;
     cursors.set(&room, after);
     let latest = match st.log.last_seq(&room).await {
         Ok(l) => Some(l),
@@ -234,6 +259,7 @@ async fn fill(
     after: u64,
     before: u64,
 ) -> Result<bool, Stop> {
+    flush(sink).await?;
     let deadline = tokio::time::Instant::now() + FILL_WAIT;
     let mut cur = after;
     while cur + 1 < before {

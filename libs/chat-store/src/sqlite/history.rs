@@ -15,12 +15,11 @@ fn decode_event(json: &str) -> Result<RoomEvent, StoreError> {
 }
 
 fn room_exists(conn: &Connection, room: &str) -> Result<bool, StoreError> {
-    conn.query_row("SELECT 1 FROM rooms WHERE id = ?1", params![room], |_| {
-        Ok(())
-    })
-    .optional()
-    .map(|r| r.is_some())
-    .map_err(db)
+    conn.prepare_cached("SELECT 1 FROM rooms WHERE id = ?1")
+        .and_then(|mut stmt| stmt.query_row(params![room], |_| Ok(())))
+        .optional()
+        .map(|r| r.is_some())
+        .map_err(db)
 }
 
 /// Saturating conversion for query bounds (a bound beyond i64 means "none").
@@ -132,14 +131,11 @@ impl HistoryStore for SqliteStore {
     async fn is_member(&self, room: &RoomId, user: &UserId) -> Result<bool, StoreError> {
         let (room, user) = (room.to_string(), user.to_string());
         self.call(move |conn| {
-            conn.query_row(
-                "SELECT 1 FROM members WHERE room = ?1 AND user = ?2",
-                params![room, user],
-                |_| Ok(()),
-            )
-            .optional()
-            .map(|r| r.is_some())
-            .map_err(db)
+            conn.prepare_cached("SELECT 1 FROM members WHERE room = ?1 AND user = ?2")
+                .and_then(|mut stmt| stmt.query_row(params![room, user], |_| Ok(())))
+                .optional()
+                .map(|r| r.is_some())
+                .map_err(db)
         })
         .await
     }
@@ -259,11 +255,8 @@ impl HistoryStore for SqliteStore {
         let room = room.to_string();
         self.call(move |conn| {
             let max: Option<i64> = conn
-                .query_row(
-                    "SELECT MAX(seq) FROM events WHERE room = ?1",
-                    params![room],
-                    |r| r.get(0),
-                )
+                .prepare_cached("SELECT MAX(seq) FROM events WHERE room = ?1")
+                .and_then(|mut stmt| stmt.query_row(params![room], |r| r.get(0)))
                 .map_err(db)?;
             to_u64(max.unwrap_or(0), "seq")
         })
@@ -278,11 +271,13 @@ impl HistoryStore for SqliteStore {
     ) -> Result<Option<RoomEvent>, StoreError> {
         let (room, from, cmid) = (room.to_string(), from.to_string(), cmid.to_string());
         self.call(move |conn| {
-            conn.query_row(
+            // Asked once per send: a cached statement, not parsed each time.
+            conn.prepare_cached(
                 "SELECT json FROM events WHERE room = ?1 AND sender = ?2 AND cmid = ?3",
-                params![room, from, cmid],
-                |r| r.get::<_, String>(0),
             )
+            .and_then(|mut stmt| {
+                stmt.query_row(params![room, from, cmid], |r| r.get::<_, String>(0))
+            })
             .optional()
             .map_err(db)?
             .map(|j| decode_event(&j))
