@@ -198,3 +198,62 @@ async fn history_survives_sigkill_and_the_sequence_continues() {
         "the fourth message continues the room sequence"
     );
 }
+
+/// `welcome` is always a session's first frame, even when the room is busy
+/// while the client connects (a delivery queued between registering the
+/// session and queuing its `welcome` once came first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn welcome_comes_first_while_the_room_is_busy() {
+    let sys = System::start().await.expect("system");
+    let (mut alice, _) = sys.client("alice").await.expect("alice");
+    let room = create_room(&mut alice, "busy").await.expect("room");
+    let bob = sys.login("bob").await.expect("bob");
+    {
+        let (mut b, _) = WsClient::connect_as(&sys.ws_url(), &bob.token)
+            .await
+            .expect("bob connects");
+        join_room(&mut b, &room).await.expect("join");
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = vec![alice];
+    for s in 1..4 {
+        let (mut c, _) = sys.client(&format!("sender{s}")).await.expect("sender");
+        join_room(&mut c, &room).await.expect("join");
+        clients.push(c);
+    }
+    let mut senders = Vec::new();
+    for (s, mut c) in clients.into_iter().enumerate() {
+        let (stop, room) = (stop.clone(), room.clone());
+        senders.push(tokio::spawn(async move {
+            let mut sent = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let ack = send(&mut c, &room, &format!("m{s}-{sent}"), "busy")
+                    .await
+                    .expect("ack");
+                assert_eq!(ack["type"], "ack", "{ack}");
+                sent += 1;
+            }
+            sent
+        }));
+    }
+    let mut connecting = Vec::new();
+    for t in 0..8 {
+        let (url, token) = (sys.ws_url(), bob.token.clone());
+        connecting.push(tokio::spawn(async move {
+            for i in 0..40 {
+                if let Err(e) = WsClient::connect_as(&url, &token).await {
+                    return Err(format!("task {t}, connection {i}: {e}"));
+                }
+            }
+            Ok(())
+        }));
+    }
+    for c in connecting {
+        let r = c.await.expect("connect task");
+        assert!(r.is_ok(), "{r:?}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for s in senders {
+        assert!(s.await.expect("sender") > 0, "the room was not busy");
+    }
+}

@@ -106,15 +106,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Registry {
-    /// Adds a session; returns true when it is the user's first on this gateway.
+    /// Adds a session, queuing `welcome` as its first frame; returns true
+    /// when it is the user's first session on this gateway. The frame is
+    /// queued under the registry's lock, before the session becomes visible
+    /// to deliveries, so nothing can be queued ahead of it.
     pub fn add(
         &self,
         user: &UserId,
         id: SessionId,
         handle: SessionHandle,
         rooms: Vec<RoomId>,
+        welcome: Utf8Bytes,
     ) -> bool {
         let mut map = lock(&self.inner);
+        handle.push(welcome);
         let entry = map.entry(user.clone()).or_default();
         let first = entry.sessions.is_empty();
         entry.sessions.insert(id, handle);
@@ -245,5 +250,49 @@ impl Registry {
                 None => s.push(frame.clone()),
             })
             .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(depth: usize) -> (SessionHandle, crate::queue::Receiver<Out>) {
+        let (tx, rx) = crate::queue::bounded(depth);
+        let h = SessionHandle {
+            tx,
+            kill: CancellationToken::new(),
+            close_reason: Arc::new(Mutex::new(None)),
+        };
+        (h, rx)
+    }
+
+    fn text(out: Option<Out>) -> String {
+        match out {
+            Some(Out::Frame(f) | Out::Msg { frame: f, .. }) => f.as_str().to_string(),
+            _ => String::new(),
+        }
+    }
+
+    #[test]
+    fn a_sessions_welcome_is_queued_before_any_delivery_can_reach_it() {
+        let reg = Registry::default();
+        let (user, room) = (
+            UserId::parse("bob").expect("user"),
+            RoomId::parse("r1").expect("room"),
+        );
+        let (h, mut rx) = handle(8);
+        assert!(reg.add(&user, 1, h, vec![room.clone()], Utf8Bytes::from("welcome")));
+        let queued = reg.deliver(Delivery {
+            v: chat_core::SCHEMA_VERSION,
+            users: vec![user],
+            room: Some(room),
+            seq: Some(1),
+            membership: None,
+            frame: "event".into(),
+        });
+        assert_eq!(queued, 1);
+        assert_eq!(text(rx.try_recv()), "welcome");
+        assert_eq!(text(rx.try_recv()), "event");
     }
 }

@@ -134,9 +134,18 @@ pub async fn run(st: AppState, socket: WebSocket, _permit: OwnedSemaphorePermit)
             kill: CancellationToken::new(),
             close_reason: Arc::new(Mutex::new(None)),
         };
+        let welcome = encode(&ServerFrame::Welcome {
+            v: PROTOCOL_VERSION,
+            user: user.clone(),
+            gateway: st.config.gateway_id.clone(),
+            rooms: rooms.clone(),
+            limits: st.config.limits.wire(),
+        });
+        // The registry queues `welcome` before deliveries can see the
+        // session: it is always the first frame.
         if st
             .registry
-            .add(&user, session_id, handle.clone(), rooms.clone())
+            .add(&user, session_id, handle.clone(), rooms, welcome)
         {
             Box::pin(st.presence.connect(&user)).await;
         }
@@ -147,13 +156,6 @@ pub async fn run(st: AppState, socket: WebSocket, _permit: OwnedSemaphorePermit)
             handle.kill.clone(),
             handle.close_reason.clone(),
         ));
-        handle.push(encode(&ServerFrame::Welcome {
-            v: PROTOCOL_VERSION,
-            user: user.clone(),
-            gateway: st.config.gateway_id.clone(),
-            rooms,
-            limits: st.config.limits.wire(),
-        }));
         tracing::debug!("session authenticated");
         resume_rooms(&st, &user, &handle, resume);
 
