@@ -125,6 +125,7 @@ pub async fn run(
     ping.tick().await;
     let mut n: u64 = 0;
     let mut commands_open = true;
+    let mut close = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -152,14 +153,24 @@ pub async fn run(
                 Stats::add(&stats.sent, 1);
             }
             m = ws.next() => {
-                let Some(Ok(m)) = m else { break };
-                if let Message::Text(t) = m {
-                    on_frame(conn, &t, &stats);
+                match m {
+                    Some(Ok(Message::Text(t))) => on_frame(conn, &t, &stats),
+                    Some(Ok(Message::Close(frame))) => {
+                        close = frame.map(|f| u16::from(f.code).to_string());
+                        break;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break,
                 }
             }
         }
     }
+    if stop.is_cancelled() {
+        let _closed = ws.close(None).await;
+        return;
+    }
     Stats::add(&stats.disconnects, 1);
+    stats.closed(close.unwrap_or_else(|| "none".into()));
     let _closed = ws.close(None).await;
 }
 

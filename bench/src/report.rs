@@ -45,6 +45,19 @@ impl Machine {
     }
 }
 
+/// `338 (4009: 300, none: 38)`: how many, and the close codes.
+fn disconnects(o: &Outcome) -> String {
+    if o.close_codes.is_empty() {
+        return o.disconnects.to_string();
+    }
+    let codes: Vec<String> = o
+        .close_codes
+        .iter()
+        .map(|(code, n)| format!("{code}: {n}"))
+        .collect();
+    format!("{} ({})", o.disconnects, codes.join(", "))
+}
+
 /// The Markdown summary of `r`.
 pub fn markdown(r: &Report) -> String {
     let mut s = String::new();
@@ -72,7 +85,7 @@ pub fn markdown(r: &Report) -> String {
             o.e2e_latency.p99_ms,
             o.ack_latency.p99_ms,
             o.errors,
-            o.disconnects,
+            disconnects(o),
         );
     }
     let idle: Vec<&Outcome> = r

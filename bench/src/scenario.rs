@@ -103,6 +103,8 @@ pub struct Outcome {
     pub deliveries_per_second: f64,
     pub errors: u64,
     pub disconnects: u64,
+    /// Close codes of the disconnects (server's code, or "none").
+    pub close_codes: std::collections::BTreeMap<String, u64>,
     pub e2e_latency: Percentiles,
     pub ack_latency: Percentiles,
     pub processes: Vec<Usage>,
@@ -309,6 +311,7 @@ impl Session {
             deliveries_per_second: delivered as f64 / measured,
             errors,
             disconnects: Stats::get(&stats.disconnects),
+            close_codes: stats.close_codes(),
             e2e_latency: stats.e2e.summary(),
             ack_latency: stats.ack.summary(),
             processes,

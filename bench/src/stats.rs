@@ -93,6 +93,9 @@ pub struct Stats {
     /// Every frame read, of any type (to see when the system is quiet).
     pub frames: AtomicU64,
     pub disconnects: AtomicU64,
+    /// Why connections ended: the server's close code ("none" when the
+    /// socket ended without one).
+    pub close_codes: Mutex<std::collections::BTreeMap<String, u64>>,
     /// Sender's write → each recipient's read.
     pub e2e: Latency,
     /// Sender's write → its ack.
@@ -109,6 +112,7 @@ impl Stats {
             connected: AtomicU64::new(0),
             frames: AtomicU64::new(0),
             disconnects: AtomicU64::new(0),
+            close_codes: Mutex::new(std::collections::BTreeMap::new()),
             e2e: Latency::new(),
             ack: Latency::new(),
         }
@@ -123,6 +127,19 @@ impl Stats {
     }
 
     /// Counters back to zero and histograms emptied (after the warm-up).
+    /// Counts one connection ended with `code`.
+    pub fn closed(&self, code: String) {
+        let mut m = self.close_codes.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry(code).or_default() += 1;
+    }
+
+    pub fn close_codes(&self) -> std::collections::BTreeMap<String, u64> {
+        self.close_codes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub fn reset_window(&self) {
         for c in [&self.sent, &self.acked, &self.delivered, &self.errors] {
             c.store(0, Ordering::Relaxed);

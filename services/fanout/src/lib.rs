@@ -56,6 +56,8 @@ pub(crate) struct Fanout {
     /// This instance's id on `fanout.membership` (its own changes are
     /// already applied, in stream order, and must not come back late).
     instance: Arc<str>,
+    /// Rooms with more members get no presence pushes.
+    presence_max_room: usize,
 }
 
 /// Header naming the fanout instance that shared a membership change.
@@ -148,6 +150,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
             std::process::id(),
             chat_core::time::now_ms()
         )),
+        presence_max_room: config.presence_max_room,
     };
     let heads_task = tokio::spawn(heads::publish_loop(
         fanout.clone(),

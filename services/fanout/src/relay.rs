@@ -85,6 +85,10 @@ pub fn presence_on_join(
     if !fanout.view.is_online(joiner) {
         return out;
     }
+    if members.len() > fanout.presence_max_room {
+        metrics::counter!("chat_fanout_presence_large_rooms_skipped_total").increment(1);
+        return out;
+    }
     let others: BTreeSet<UserId> = members.iter().filter(|m| *m != joiner).cloned().collect();
     if let Some(frame) = online_frame(joiner) {
         out.extend(plan::deliveries(
@@ -108,11 +112,17 @@ pub fn presence_on_join(
     out
 }
 
-/// Members of every room of `user`, without `user`.
+/// Members of every room of `user` with at most `presence_max_room`
+/// members, without `user`.
 async fn co_members(fanout: &Fanout, user: &UserId) -> Result<BTreeSet<UserId>, HistoryError> {
     let mut out = BTreeSet::new();
     for room in fanout.history.user_rooms(user).await? {
-        out.extend(fanout.members.members(&room).await?);
+        let members = fanout.members.members(&room).await?;
+        if members.len() > fanout.presence_max_room {
+            metrics::counter!("chat_fanout_presence_large_rooms_skipped_total").increment(1);
+            continue;
+        }
+        out.extend(members);
     }
     out.remove(user);
     Ok(out)

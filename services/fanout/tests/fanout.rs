@@ -71,6 +71,10 @@ struct App {
 }
 
 async fn spawn_app() -> App {
+    spawn_app_with(&[]).await
+}
+
+async fn spawn_app_with(extra: &[(&str, &str)]) -> App {
     chat_platform::telemetry::init_for_tests();
     let nats = NatsServer::start().await.expect("nats-server starts");
     let client = async_nats::connect(nats.url()).await.expect("connect");
@@ -95,9 +99,12 @@ async fn spawn_app() -> App {
         .await
         .expect("subscribe deliveries");
 
-    let src = MapSource::new()
+    let mut src = MapSource::new()
         .with("CHAT_NATS_URL", nats.url())
         .with("CHAT_FANOUT_BATCH", "16");
+    for (k, v) in extra {
+        src = src.with(k, *v);
+    }
     let config = chat_fanout::Config::from_source(&src).expect("valid config");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -430,6 +437,49 @@ async fn a_presence_change_is_relayed_to_co_members_only() {
         assert_eq!(d.frame, expected);
         assert_eq!((d.room.clone(), d.seq), (None, None));
     }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn presence_reaches_rooms_up_to_the_size_limit_and_not_larger_ones() {
+    let mut app = spawn_app_with(&[("CHAT_FANOUT_PRESENCE_MAX_ROOM", "3")]).await;
+    // r1 has exactly the limit; r2 one more.
+    app.set_members("r1", &["alice", "bob", "carol"]);
+    app.set_members("r2", &["alice", "dave", "erin", "frank"]);
+    for (user, gw) in [
+        ("alice", "g1"),
+        ("bob", "g1"),
+        ("carol", "g2"),
+        ("dave", "g2"),
+        ("erin", "g3"),
+        ("frank", "g3"),
+    ] {
+        app.online(user, gw).await;
+    }
+
+    app.presence_change("alice", PresenceStatus::Offline).await;
+    app.presence_change("watcher", PresenceStatus::Online).await;
+    let got = app.collect_until_sentinel().await;
+    let mut targets: Vec<_> = got
+        .iter()
+        .map(|(gw, d)| (gw.to_string(), d.users.clone()))
+        .collect();
+    targets.sort();
+    assert_eq!(
+        targets,
+        vec![
+            ("g1".to_string(), vec![u("bob")]),
+            ("g2".to_string(), vec![u("carol")]),
+        ],
+        "members of the room over the limit get nothing"
+    );
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.lines().any(|l| {
+            l.starts_with("chat_fanout_presence_large_rooms_skipped_total") && !l.ends_with(" 0")
+        }),
+        "{metrics}"
+    );
     app.stop().await;
 }
 
