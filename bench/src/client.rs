@@ -90,6 +90,31 @@ pub async fn next_json(ws: &mut Ws) -> anyhow::Result<Value> {
     }
 }
 
+/// Sends a marker message to `room` and waits (up to `wait`) until it comes
+/// back as an event. Fanout handles a room's events in order, so everything
+/// appended before the marker (e.g. a burst of joins) has been delivered.
+pub async fn sync(ws: &mut Ws, room: &str, wait: Duration) -> anyhow::Result<()> {
+    let marker = format!("sync-{}", now_us());
+    ws.send(Message::text(
+        json!({"type": "send", "id": &marker, "room": room, "text": &marker}).to_string(),
+    ))
+    .await?;
+    let end = tokio::time::Instant::now() + wait;
+    loop {
+        let left = end.saturating_duration_since(tokio::time::Instant::now());
+        let m = tokio::time::timeout(left, ws.next())
+            .await
+            .context("the marker did not come back in time")?
+            .context("connection closed")??;
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t)?;
+            if v["type"] == "event" && v["text"] == marker.as_str() {
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// Sends a request and waits for the reply with the same `id`.
 pub async fn request(ws: &mut Ws, req: Value) -> anyhow::Result<Value> {
     let id = req["id"].clone();

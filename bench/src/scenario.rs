@@ -204,6 +204,20 @@ pub async fn setup(target: &Target, p: &Params) -> anyhow::Result<Session> {
                 }
             }
         }
+        // Fanout may still be working through the joins; members coming
+        // online now would each get every join still queued (n² again).
+        // A marker message per room, read back, says it has caught up.
+        for (r, room) in rooms.iter().enumerate() {
+            let i = p.first_user + r * p.room_size;
+            let (mut ws, _) = client::connect(
+                &target.ws[0],
+                client::source_addr(i),
+                &token(&target.signer, i)?,
+            )
+            .await?;
+            client::sync(&mut ws, room, Duration::from_secs(600)).await?;
+            let _closed = ws.close(None).await;
+        }
     }
 
     // Clients: connect, join their room (unless done above), then run.
