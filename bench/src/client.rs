@@ -90,26 +90,33 @@ pub async fn next_json(ws: &mut Ws) -> anyhow::Result<Value> {
     }
 }
 
-/// Sends a marker message to `room` and waits (up to `wait`) until it comes
-/// back as an event. Fanout handles a room's events in order, so everything
-/// appended before the marker (e.g. a burst of joins) has been delivered.
+/// Sends marker messages to `room`, one a second, until one comes back as
+/// an event (up to `wait`): fanout has handled what was appended before it.
+/// (Fanout may not see a new connection online yet and deliver the first
+/// marker to nobody; a later one gets through.)
 pub async fn sync(ws: &mut Ws, room: &str, wait: Duration) -> anyhow::Result<()> {
-    let marker = format!("sync-{}", now_us());
-    ws.send(Message::text(
-        json!({"type": "send", "id": &marker, "room": room, "text": &marker}).to_string(),
-    ))
-    .await?;
     let end = tokio::time::Instant::now() + wait;
+    let mut n = 0u32;
     loop {
-        let left = end.saturating_duration_since(tokio::time::Instant::now());
-        let m = tokio::time::timeout(left, ws.next())
-            .await
-            .context("the marker did not come back in time")?
-            .context("connection closed")??;
-        if let Message::Text(t) = m {
-            let v: Value = serde_json::from_str(&t)?;
-            if v["type"] == "event" && v["text"] == marker.as_str() {
-                return Ok(());
+        if tokio::time::Instant::now() >= end {
+            bail!("no marker came back within {wait:?}");
+        }
+        n += 1;
+        let marker = format!("sync-{n}");
+        ws.send(Message::text(
+            json!({"type": "send", "id": &marker, "room": room, "text": &marker}).to_string(),
+        ))
+        .await?;
+        let next = tokio::time::Instant::now() + Duration::from_secs(1);
+        while let Ok(m) = tokio::time::timeout_at(next, ws.next()).await {
+            let m = m.context("connection closed while waiting for a marker")??;
+            if let Message::Text(t) = m {
+                let v: Value = serde_json::from_str(&t)?;
+                if v["type"] == "event"
+                    && v["text"].as_str().is_some_and(|t| t.starts_with("sync-"))
+                {
+                    return Ok(());
+                }
             }
         }
     }

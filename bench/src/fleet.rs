@@ -64,7 +64,7 @@ pub async fn run(f: &HashMap<String, String>) -> anyhow::Result<()> {
             .arg("--key-file")
             .arg(sys.key_file())
             .args(["--connections", &per_gateway.to_string()])
-            .args(["--first-user", &(i * (per_gateway + 1)).to_string()])
+            .args(["--first-user", &(i * (per_gateway + 2)).to_string()])
             .args(["--warmup", "0", "--duration", &hold.to_string()])
             .args(["--watch", &format!("{}={pid}", gw.name)])
             .arg("--out")

@@ -300,7 +300,8 @@ async fn suite(scale: &str) -> anyhow::Result<Vec<Outcome>> {
             duration: if kind == Kind::Idle { secs(5) } else { window },
             first_user: next_user,
         };
-        next_user += connections + 1;
+        // Each run's users, its admin and its sync user are its own.
+        next_user += connections + 2;
         p
     };
     let plan = [

@@ -205,19 +205,25 @@ pub async fn setup(target: &Target, p: &Params) -> anyhow::Result<Session> {
             }
         }
         // Fanout may still be working through the joins; members coming
-        // online now would each get every join still queued (n² again).
-        // A marker message per room, read back, says it has caught up.
-        for (r, room) in rooms.iter().enumerate() {
-            let i = p.first_user + r * p.room_size;
-            let (mut ws, _) = client::connect(
-                &target.ws[0],
-                client::source_addr(i),
-                &token(&target.signer, i)?,
-            )
-            .await?;
-            client::sync(&mut ws, room, Duration::from_secs(600)).await?;
-            let _closed = ws.close(None).await;
-        }
+        // online now would each get every join still queued (n² again). A
+        // marker in a room of its own, read back, says it has caught up:
+        // one fanout instance handles the stream in order. (A member of the
+        // big room would itself be flooded by the queued joins.)
+        let i = p.first_user + p.connections + 1;
+        let (mut ws, _) = client::connect(
+            &target.ws[0],
+            client::source_addr(i),
+            &token(&target.signer, i)?,
+        )
+        .await?;
+        let reply = client::request(
+            &mut ws,
+            json!({"type": "room.create", "id": "sync", "name": "bench sync"}),
+        )
+        .await?;
+        let room = reply["room"]["id"].as_str().context("sync room id")?;
+        client::sync(&mut ws, room, Duration::from_secs(600)).await?;
+        let _closed = ws.close(None).await;
     }
 
     // Clients: connect, join their room (unless done above), then run.
