@@ -261,6 +261,15 @@ impl App {
             .expect("publish change");
     }
 
+    /// `user` goes offline; returns the relay's deliveries (the watcher's
+    /// change after it marks the end).
+    async fn relay_offline(&mut self, user: &str) -> Vec<(GatewayId, Delivery)> {
+        self.presence_change(user, PresenceStatus::Offline).await;
+        self.presence_change("watcher", PresenceStatus::Online)
+            .await;
+        self.collect_until_sentinel().await
+    }
+
     /// Publishes the watcher's presence until the sentinel (its co-member)
     /// gets it: from then on the relay is subscribed.
     async fn wait_relay_subscribed(&mut self) {
@@ -311,6 +320,16 @@ fn event_frame(ev: &RoomEvent) -> String {
 
 /// Deliveries of one event (membership events share the sequence of the
 /// message before them, so the kind tells them apart).
+/// Each delivery's gateway and users, sorted.
+fn targets_of(got: &[(GatewayId, Delivery)]) -> Vec<(String, Vec<UserId>)> {
+    let mut targets: Vec<_> = got
+        .iter()
+        .map(|(gw, d)| (gw.to_string(), d.users.clone()))
+        .collect();
+    targets.sort();
+    targets
+}
+
 fn by_gateway(ds: &[(GatewayId, Delivery)], ev: &RoomEvent) -> Vec<(String, Vec<UserId>)> {
     let is_member = matches!(ev.body, EventBody::Member { .. });
     let mut out: Vec<_> = ds
@@ -411,15 +430,8 @@ async fn a_presence_change_is_relayed_to_co_members_only() {
         app.online(user, gw).await;
     }
 
-    app.presence_change("alice", PresenceStatus::Offline).await;
-    app.presence_change("watcher", PresenceStatus::Online).await;
-    let got = app.collect_until_sentinel().await;
-
-    let mut targets: Vec<_> = got
-        .iter()
-        .map(|(gw, d)| (gw.to_string(), d.users.clone()))
-        .collect();
-    targets.sort();
+    let got = app.relay_offline("alice").await;
+    let targets = targets_of(&got);
     assert_eq!(
         targets,
         vec![
@@ -457,14 +469,8 @@ async fn presence_reaches_rooms_up_to_the_size_limit_and_not_larger_ones() {
         app.online(user, gw).await;
     }
 
-    app.presence_change("alice", PresenceStatus::Offline).await;
-    app.presence_change("watcher", PresenceStatus::Online).await;
-    let got = app.collect_until_sentinel().await;
-    let mut targets: Vec<_> = got
-        .iter()
-        .map(|(gw, d)| (gw.to_string(), d.users.clone()))
-        .collect();
-    targets.sort();
+    let got = app.relay_offline("alice").await;
+    let targets = targets_of(&got);
     assert_eq!(
         targets,
         vec![
