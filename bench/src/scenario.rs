@@ -145,6 +145,40 @@ pub struct Session {
     tcp_before: Option<u64>,
 }
 
+/// Client `c` of a scenario: its user, gateway and room.
+struct Member {
+    i: usize,
+    url: String,
+    token: String,
+    room: Arc<str>,
+}
+
+impl Member {
+    fn new(target: &Target, p: &Params, rooms: &[Arc<str>], c: usize) -> anyhow::Result<Self> {
+        let i = p.first_user + c;
+        Ok(Self {
+            i,
+            url: target.ws[c % target.ws.len()].clone(),
+            token: token(&target.signer, i)?,
+            room: rooms[c / p.room_size.max(1)].clone(),
+        })
+    }
+
+    /// Connects (and joins its room when `join`).
+    async fn connect(&self, join: bool) -> anyhow::Result<client::Ws> {
+        let (mut ws, _) =
+            client::connect(&self.url, client::source_addr(self.i), &self.token).await?;
+        if join {
+            client::request(
+                &mut ws,
+                json!({"type": "room.join", "id": "join", "room": &*self.room}),
+            )
+            .await?;
+        }
+        Ok(ws)
+    }
+}
+
 /// Creates the rooms and connects every client of `p` (each joins its room).
 pub async fn setup(target: &Target, p: &Params) -> anyhow::Result<Session> {
     if target.ws.is_empty() {
@@ -184,17 +218,9 @@ pub async fn setup(target: &Target, p: &Params) -> anyhow::Result<Session> {
     if prejoin {
         let mut joining = JoinSet::new();
         for c in 0..p.connections {
-            let i = p.first_user + c;
-            let url = target.ws[c % target.ws.len()].clone();
-            let tok = token(&target.signer, i)?;
-            let room = rooms[c / p.room_size.max(1)].clone();
+            let m = Member::new(target, p, &rooms, c)?;
             joining.spawn(async move {
-                let (mut ws, _) = client::connect(&url, client::source_addr(i), &tok).await?;
-                client::request(
-                    &mut ws,
-                    json!({"type": "room.join", "id": "join", "room": &*room}),
-                )
-                .await?;
+                let mut ws = m.connect(true).await?;
                 let _closed = ws.close(None).await;
                 anyhow::Ok(())
             });
@@ -231,20 +257,10 @@ pub async fn setup(target: &Target, p: &Params) -> anyhow::Result<Session> {
     let mut tasks = JoinSet::new();
     let mut pending = JoinSet::new();
     for c in 0..p.connections {
-        let i = p.first_user + c;
-        let url = target.ws[c % target.ws.len()].clone();
-        let tok = token(&target.signer, i)?;
-        let room = rooms[c / p.room_size.max(1)].clone();
+        let m = Member::new(target, p, &rooms, c)?;
         pending.spawn(async move {
-            let (mut ws, _) = client::connect(&url, client::source_addr(i), &tok).await?;
-            if !prejoin {
-                client::request(
-                    &mut ws,
-                    json!({"type": "room.join", "id": "join", "room": &*room}),
-                )
-                .await?;
-            }
-            anyhow::Ok((c, ws, room))
+            let ws = m.connect(!prejoin).await?;
+            anyhow::Ok((c, ws, m.room))
         });
         if pending.len() >= CONNECT_CONCURRENCY || c + 1 == p.connections {
             while let Some(res) = pending.join_next().await {

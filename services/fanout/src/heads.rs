@@ -68,7 +68,7 @@ pub(crate) async fn publish_loop(
         let mut per_gateway: HashMap<GatewayId, Vec<Head>> = HashMap::new();
         for (room, seq) in fanout.heads.due(window) {
             let members = match fanout.members.members(&room).await {
-                Ok(m) => m.into_iter().collect::<Vec<_>>(),
+                Ok(m) => m.iter().cloned().collect::<Vec<_>>(),
                 Err(e) => {
                     tracing::debug!(error = %e, %room, "heads: members unavailable; next round");
                     continue;

@@ -97,7 +97,12 @@ impl History {
 /// `fanout.membership`); this bounds the staleness if one is ever missed.
 const MEMBERS_TTL: Duration = Duration::from_secs(60);
 
-type Cached = (BTreeSet<UserId>, Instant);
+/// A room's members, shared: every event of the room reads them, and a
+/// room of 10,000 must not be copied per message. Membership events change
+/// them copy-on-write.
+pub type MemberSet = Arc<BTreeSet<UserId>>;
+
+type Cached = (MemberSet, Instant);
 
 /// room → members. Shared by the room pipeline and the presence relay.
 #[derive(Clone)]
@@ -122,7 +127,7 @@ impl MemberCache {
     }
 
     /// Members of `room`, asking history on a miss.
-    pub async fn members(&self, room: &RoomId) -> Result<BTreeSet<UserId>, HistoryError> {
+    pub async fn members(&self, room: &RoomId) -> Result<MemberSet, HistoryError> {
         if let Some((m, at)) = self.lock().get(room)
             && at.elapsed() < MEMBERS_TTL
         {
@@ -130,8 +135,8 @@ impl MemberCache {
             return Ok(m.clone());
         }
         metrics::counter!("chat_fanout_member_cache_misses_total").increment(1);
-        let fetched: BTreeSet<UserId> =
-            self.history.room_members(room).await?.into_iter().collect();
+        let fetched: MemberSet =
+            Arc::new(self.history.room_members(room).await?.into_iter().collect());
         let mut rooms = self.lock();
         // Someone else may have filled it meanwhile and applied later
         // membership events to it: theirs is at least as current.
@@ -152,14 +157,14 @@ impl MemberCache {
     /// Records a join seen in the room stream (no-op for an uncached room).
     pub fn joined(&self, room: &RoomId, user: &UserId) {
         if let Some((m, _)) = self.lock().get_mut(room) {
-            m.insert(user.clone());
+            Arc::make_mut(m).insert(user.clone());
         }
     }
 
     /// Records a leave seen in the room stream (no-op for an uncached room).
     pub fn left(&self, room: &RoomId, user: &UserId) {
         if let Some((m, _)) = self.lock().get_mut(room) {
-            m.remove(user);
+            Arc::make_mut(m).remove(user);
         }
     }
 }

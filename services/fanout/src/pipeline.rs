@@ -6,19 +6,20 @@
 //! handled by different instances and published out of order; partitioning
 //! the consumer by room will fix that later.
 
-use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{AckKind, Message};
 use chat_core::events::{EventBody, MemberOp, MembershipChange, RoomEvent};
 use chat_core::wire::ServerFrame;
-use chat_core::{SCHEMA_VERSION, UserId, names};
+use chat_core::{SCHEMA_VERSION, names};
 use chat_platform::Shutdown;
 use futures::StreamExt;
 use tracing::instrument;
 
 use crate::Fanout;
+use crate::members::MemberSet;
 use crate::plan::{self, Context};
 
 /// How long one pull waits for events before the next pull.
@@ -203,8 +204,8 @@ async fn handle(fanout: &Fanout, msg: &Message) -> Outcome {
 fn recipients(
     fanout: &Fanout,
     ev: &RoomEvent,
-    mut members: BTreeSet<UserId>,
-) -> (BTreeSet<UserId>, Option<MembershipChange>) {
+    members: MemberSet,
+) -> (MemberSet, Option<MembershipChange>) {
     match &ev.body {
         EventBody::Msg { .. } => (members, None),
         EventBody::Member { user, op } => {
@@ -212,7 +213,11 @@ fn recipients(
                 MemberOp::Join => fanout.members.joined(&ev.room, user),
                 MemberOp::Leave => fanout.members.left(&ev.room, user),
             }
-            members.insert(user.clone());
+            // The members as of this event, plus the user (a leaver
+            // receives its own leave).
+            let mut with_user = (*members).clone();
+            with_user.insert(user.clone());
+            let members = Arc::new(with_user);
             let change = MembershipChange {
                 room: ev.room.clone(),
                 user: user.clone(),

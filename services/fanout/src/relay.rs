@@ -122,7 +122,7 @@ async fn co_members(fanout: &Fanout, user: &UserId) -> Result<BTreeSet<UserId>, 
             metrics::counter!("chat_fanout_presence_large_rooms_skipped_total").increment(1);
             continue;
         }
-        out.extend(members);
+        out.extend(members.iter().cloned());
     }
     out.remove(user);
     Ok(out)

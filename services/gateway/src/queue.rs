@@ -47,9 +47,6 @@ impl<T> Clone for Sender<T> {
 /// The consuming side. Dropping it closes the queue.
 pub struct Receiver<T>(Arc<Shared<T>>);
 
-/// Capacity kept after the queue drains; more is given back.
-const KEEP: usize = 8;
-
 /// A queue of at most `depth` items.
 pub fn bounded<T>(depth: usize) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
@@ -86,8 +83,10 @@ impl<T> Receiver<T> {
     pub fn try_recv(&mut self) -> Option<T> {
         let mut st = self.0.lock();
         let item = st.items.pop_front();
-        if st.items.is_empty() && st.items.capacity() > KEEP {
-            st.items.shrink_to(KEEP);
+        if st.items.is_empty() && st.items.capacity() > 0 {
+            // Idle sessions hold no queue memory (one allocation per burst
+            // is cheaper than holding it in every idle session).
+            st.items = VecDeque::new();
         }
         item
     }
@@ -142,7 +141,7 @@ mod tests {
         for i in 0..500 {
             assert_eq!(rx.try_recv(), Some(i));
         }
-        assert!(tx.0.lock().items.capacity() <= KEEP);
+        assert_eq!(tx.0.lock().items.capacity(), 0);
     }
 
     #[test]
