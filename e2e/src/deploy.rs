@@ -36,8 +36,11 @@ pub struct ServiceProcess {
     pub name: String,
     bin: PathBuf,
     env: Vec<(String, String)>,
-    /// Where its HTTP endpoints (and, for a gateway, WebSockets) listen.
+    /// Where its public HTTP endpoints (for a gateway, WebSockets) listen;
+    /// for fanout, history and presence the same as `admin`.
     pub addr: SocketAddr,
+    /// Where its ops endpoints (`/readyz`, `/metrics`) listen.
+    pub admin: SocketAddr,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -47,7 +50,7 @@ impl ServiceProcess {
         name: String,
         bin: &str,
         env: Vec<(String, String)>,
-        addr: SocketAddr,
+        (addr, admin): (SocketAddr, SocketAddr),
         dir: &Path,
     ) -> Self {
         Self {
@@ -56,6 +59,7 @@ impl ServiceProcess {
             bin: bin_dir().join(bin),
             env,
             addr,
+            admin,
             child: None,
         }
     }
@@ -82,7 +86,7 @@ impl ServiceProcess {
                 .with_context(|| format!("spawn {}", self.bin.display()))?,
         );
         let http = reqwest::Client::new();
-        let url = format!("{}/readyz", self.http_url());
+        let url = format!("http://{}/readyz", self.admin);
         let end = tokio::time::Instant::now() + READY_WITHIN;
         loop {
             if let Some(c) = self.child.as_mut()
@@ -166,7 +170,7 @@ impl ServiceProcess {
     /// Fetches `/metrics` and returns the sum of every sample of `metric`
     /// (0 when absent).
     pub async fn metric(&self, metric: &str) -> anyhow::Result<f64> {
-        let body = reqwest::get(format!("{}/metrics", self.http_url()))
+        let body = reqwest::get(format!("http://{}/metrics", self.admin))
             .await?
             .text()
             .await?;
@@ -235,9 +239,20 @@ impl Deployment {
             env
         };
 
+        // Gateways and auth have a public and an admin listener; the other
+        // services only the admin one.
         let make = |name: String, bin: &str, key: &str, more: &[(&str, String)]| {
             let a = local_addr();
-            ServiceProcess::new(name, bin, with(key, a, more), a, dir)
+            let (admin, env) = match key.strip_suffix("_LISTEN") {
+                Some(prefix @ ("CHAT_GATEWAY" | "CHAT_AUTH")) => {
+                    let admin = local_addr();
+                    let mut env = with(key, a, more);
+                    env.push((format!("{prefix}_ADMIN_LISTEN"), admin.to_string()));
+                    (admin, env)
+                }
+                _ => (a, with(key, a, more)),
+            };
+            ServiceProcess::new(name, bin, env, (a, admin), dir)
         };
         let mut auth = make("auth".into(), "chat-auth", "CHAT_AUTH_LISTEN", &[]);
         auth.start().await?;

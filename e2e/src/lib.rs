@@ -57,6 +57,7 @@ fn base_options(nats_url: &str, data: &Path, extra: &[(&str, &str)]) -> Vec<(Str
         ("CHAT_DATA_DIR".into(), data.display().to_string()),
         ("CHAT_AUTH_DEV_LOGIN".into(), "true".into()),
         ("CHAT_GATEWAY_LISTEN".into(), "127.0.0.1:0".into()),
+        ("CHAT_GATEWAY_ADMIN_LISTEN".into(), "127.0.0.1:0".into()),
         ("CHAT_GATEWAY_HEARTBEAT_MS".into(), "1000".into()),
         ("CHAT_PRESENCE_TTL_MS".into(), "5000".into()),
     ];
@@ -73,6 +74,8 @@ pub struct System {
     pub nats: Option<NatsServer>,
     pub data: tempfile::TempDir,
     pub gateway: SocketAddr,
+    /// The gateway's admin listener (probes, `/metrics`).
+    pub admin: SocketAddr,
     shutdown: chat_platform::Shutdown,
     running: Option<chat::Running>,
 }
@@ -110,6 +113,7 @@ impl System {
             nats,
             data,
             gateway: running.gateway_addr,
+            admin: running.admin_addr,
             shutdown,
             running: Some(running),
         })
@@ -123,6 +127,20 @@ impl System {
     /// `ws://127.0.0.1:<port>/ws`
     pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.gateway)
+    }
+
+    /// `http://127.0.0.1:<admin port>`: probes and `/metrics`.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
+    }
+
+    /// The sum of every sample of `metric` on the admin listener.
+    pub async fn metric(&self, metric: &str) -> anyhow::Result<f64> {
+        let body = reqwest::get(format!("{}/metrics", self.admin_url()))
+            .await?
+            .text()
+            .await?;
+        Ok(metric_sum(&body, metric))
     }
 
     /// Logs `username` in.

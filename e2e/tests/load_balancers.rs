@@ -77,7 +77,7 @@ async fn behind_haproxy_one_gateway_killed_loses_nothing() {
 
 /// The chat_* lines of a service's `/metrics` (for failure messages).
 async fn reqwest_metrics(p: &chat_e2e::deploy::ServiceProcess) -> String {
-    let Ok(r) = reqwest::get(format!("{}/metrics", p.http_url())).await else {
+    let Ok(r) = reqwest::get(format!("http://{}/metrics", p.admin)).await else {
         return "(no metrics)".into();
     };
     r.text()

@@ -254,6 +254,33 @@ impl<'a> Settings<'a> {
             .unwrap_or_default()
     }
 
+    /// The bounds of a public HTTP listener, from `CHAT_<PREFIX>_MAX_CONNECTIONS`
+    /// (10000), `CHAT_<PREFIX>_HEADER_TIMEOUT_MS` (10000) and
+    /// `CHAT_<PREFIX>_MAX_HEADER_BYTES` (16384, at least 8192).
+    pub fn http_listener(
+        &self,
+        prefix: &str,
+        name: &'static str,
+    ) -> Result<crate::http::ServeOptions, ConfigError> {
+        Ok(crate::http::ServeOptions {
+            name,
+            max_connections: self.at_least(
+                &format!("CHAT_{prefix}_MAX_CONNECTIONS"),
+                10_000usize,
+                1,
+            )?,
+            header_read_timeout: self.millis(
+                &format!("CHAT_{prefix}_HEADER_TIMEOUT_MS"),
+                Duration::from_secs(10),
+            )?,
+            max_header_bytes: self.at_least(
+                &format!("CHAT_{prefix}_MAX_HEADER_BYTES"),
+                16_384usize,
+                8192,
+            )?,
+        })
+    }
+
     /// A secret option.
     pub fn secret(&self, key: &str) -> Option<Secret> {
         self.raw(key).map(Secret::new)

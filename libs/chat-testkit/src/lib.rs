@@ -1,9 +1,11 @@
 //! Test kit: real `nats-server` processes (single node or 3-node cluster) on
-//! free ports with temp dirs, killed on drop; a WebSocket test client; and
-//! waiting on a condition with a deadline instead of sleeping.
+//! free ports with temp dirs, killed on drop; a WebSocket test client; raw
+//! HTTP and WebSocket sockets for hostile input; and waiting on a condition
+//! with a deadline instead of sleeping.
 
 pub mod link;
 pub mod nats;
+pub mod raw;
 pub mod wait;
 pub mod ws;
 

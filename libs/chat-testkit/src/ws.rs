@@ -29,9 +29,21 @@ pub struct Closed {
 impl WsClient {
     /// Connects to `url` (ws://…), optionally with an `Origin` header.
     pub async fn connect(url: &str, origin: Option<&str>) -> anyhow::Result<Self> {
+        match origin {
+            Some(o) => Self::connect_with(url, &[("origin", o)]).await,
+            None => Self::connect_with(url, &[]).await,
+        }
+    }
+
+    /// Connects to `url` with extra (or replaced) request headers, such as
+    /// `Origin` and `Host`.
+    pub async fn connect_with(url: &str, headers: &[(&str, &str)]) -> anyhow::Result<Self> {
         let mut req = url.into_client_request()?;
-        if let Some(o) = origin {
-            req.headers_mut().insert("origin", o.parse()?);
+        for (name, value) in headers {
+            req.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())?,
+                value.parse()?,
+            );
         }
         let (inner, _resp) = tokio_tungstenite::connect_async(req)
             .await

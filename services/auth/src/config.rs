@@ -10,9 +10,17 @@ use chat_platform::{ConfigError, Settings, Source};
 /// auth does not talk to NATS yet, and an unused field would suggest it does.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `CHAT_AUTH_LISTEN`: address of the HTTP API and ops endpoints.
-    /// Default `127.0.0.1:8081`.
+    /// `CHAT_AUTH_LISTEN`: address of the HTTP API (and `/healthz`,
+    /// `/readyz`). Default `127.0.0.1:8081`.
     pub listen: SocketAddr,
+    /// `CHAT_AUTH_ADMIN_LISTEN`: address of the ops endpoints (`/healthz`,
+    /// `/readyz`, `/metrics`); keep it off the internet. Default
+    /// `127.0.0.1:9081`.
+    pub admin_listen: SocketAddr,
+    /// Bounds of the public listener: `CHAT_AUTH_MAX_CONNECTIONS` (10000),
+    /// `CHAT_AUTH_HEADER_TIMEOUT_MS` (10000), `CHAT_AUTH_MAX_HEADER_BYTES`
+    /// (16384).
+    pub http: chat_platform::http::ServeOptions,
     /// `CHAT_AUTH_DB`: SQLite file holding users. Default `./data/auth.db`.
     pub db: PathBuf,
     /// `CHAT_AUTH_KEY_FILE`: PKCS#8 PEM Ed25519 key that signs access tokens.
@@ -41,6 +49,11 @@ impl Config {
         let ttl_ms = s.at_least("CHAT_AUTH_ACCESS_TTL_MS", 900_000u64, 1000)?;
         Ok(Self {
             listen: s.parse("CHAT_AUTH_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8081)))?,
+            admin_listen: s.parse(
+                "CHAT_AUTH_ADMIN_LISTEN",
+                SocketAddr::from(([127, 0, 0, 1], 9081)),
+            )?,
+            http: s.http_listener("AUTH", "auth")?,
             db: PathBuf::from(s.string("CHAT_AUTH_DB", "./data/auth.db")),
             key_file: PathBuf::from(s.string("CHAT_AUTH_KEY_FILE", "./data/auth-signing-key.pem")),
             generate_key: s.bool("CHAT_AUTH_GENERATE_KEY", true)?,
@@ -95,6 +108,10 @@ mod tests {
     fn bad_values_are_errors_naming_the_option() {
         for (key, value) in [
             ("CHAT_AUTH_LISTEN", "nowhere"),
+            ("CHAT_AUTH_ADMIN_LISTEN", "nowhere"),
+            ("CHAT_AUTH_MAX_CONNECTIONS", "0"),
+            ("CHAT_AUTH_HEADER_TIMEOUT_MS", "0"),
+            ("CHAT_AUTH_MAX_HEADER_BYTES", "100"),
             ("CHAT_AUTH_ACCESS_TTL_MS", "999"),
             ("CHAT_AUTH_ACCESS_TTL_MS", "soon"),
             ("CHAT_AUTH_DEV_LOGIN", "maybe"),

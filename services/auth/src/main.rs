@@ -10,8 +10,12 @@ async fn main() -> anyhow::Result<()> {
     chat_platform::telemetry::init(&format);
     let source = EnvSource::load()?;
     let config = Config::from_source(&source)?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let public = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {} (CHAT_AUTH_LISTEN)", config.listen))?;
-    run(config, listener, chat_platform::shutdown::on_signal()).await
+    let admin = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("binding {} (CHAT_AUTH_ADMIN_LISTEN)", config.admin_listen))?;
+    let listeners = chat_platform::http::Listeners { public, admin };
+    run(config, listeners, chat_platform::shutdown::on_signal()).await
 }

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 struct Running {
     base: String,
+    admin: String,
     shutdown: Shutdown,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -35,17 +36,23 @@ fn config(dir: &Path, dev_login: bool) -> Config {
             dir.join("key.pem").display().to_string(),
         )
         .with("CHAT_AUTH_DEV_LOGIN", dev_login.to_string())
-        .with("CHAT_AUTH_LISTEN", "127.0.0.1:0");
+        .with("CHAT_AUTH_LISTEN", "127.0.0.1:0")
+        .with("CHAT_AUTH_ADMIN_LISTEN", "127.0.0.1:0");
     Config::from_source(&src).expect("config")
 }
 
 async fn start(config: Config) -> Running {
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let public = tokio::net::TcpListener::bind(config.listen)
         .await
         .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let admin = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .expect("bind admin");
+    let base = format!("http://{}", public.local_addr().expect("addr"));
+    let admin_base = format!("http://{}", admin.local_addr().expect("addr"));
     let shutdown = Shutdown::new();
-    let task = tokio::spawn(run(config, listener, shutdown.clone()));
+    let listeners = chat_platform::http::Listeners { public, admin };
+    let task = tokio::spawn(run(config, listeners, shutdown.clone()));
     let http = reqwest::Client::new();
     chat_testkit::eventually(Duration::from_secs(10), "auth ready", || {
         let req = http.get(format!("{base}/readyz"));
@@ -54,6 +61,7 @@ async fn start(config: Config) -> Running {
     .await;
     Running {
         base,
+        admin: admin_base,
         shutdown,
         task,
     }
@@ -102,13 +110,21 @@ async fn a_token_from_login_verifies_against_the_jwks_fetched_over_http() {
         .expect("me json");
     assert_eq!(me["id"], body["user"]["id"]);
 
-    let metrics = reqwest::get(format!("{}/metrics", auth.base))
+    let metrics = reqwest::get(format!("{}/metrics", auth.admin))
         .await
         .expect("metrics")
         .text()
         .await
         .expect("text");
     assert!(metrics.contains("chat_auth_logins_total"), "{metrics}");
+    let public = reqwest::get(format!("{}/metrics", auth.base))
+        .await
+        .expect("public /metrics");
+    assert_eq!(
+        public.status(),
+        404,
+        "metrics are on the admin listener only"
+    );
     auth.stop().await;
 }
 
@@ -158,13 +174,15 @@ async fn start_fails_clearly_without_a_key_file_when_generation_is_off() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = config(dir.path(), false);
     config.generate_key = false;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+    let listeners = chat_platform::http::Listeners {
+        public: bind().await.expect("bind"),
+        admin: bind().await.expect("bind"),
+    };
     let err = within(
         Duration::from_secs(10),
         "run to fail",
-        run(config, listener, Shutdown::new()),
+        run(config, listeners, Shutdown::new()),
     )
     .await
     .err()

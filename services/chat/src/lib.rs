@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use chat_platform::Shutdown;
 use chat_platform::config::Source;
+use chat_platform::http::Listeners;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -42,9 +43,15 @@ async fn bind(src: &dyn Source, key: &str, default: &str) -> anyhow::Result<TcpL
 pub struct Running {
     /// Where the gateway (and the web client) listens.
     pub gateway_addr: SocketAddr,
+    /// The gateway's admin listener: probes and `/metrics` (of every
+    /// service: they share the process's metrics registry).
+    pub admin_addr: SocketAddr,
+    /// The URL people open (`CHAT_GATEWAY_PUBLIC_URL`, else the gateway's
+    /// address), without a trailing slash.
+    pub public_url: String,
     /// Where the auth service listens.
     pub auth_addr: SocketAddr,
-    /// Every service's HTTP address (for `/readyz`).
+    /// Every service's ops address (for `/readyz`).
     pub services: Vec<(&'static str, SocketAddr)>,
     tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
     shutdown: Shutdown,
@@ -57,6 +64,7 @@ pub async fn start(env: Box<dyn Source>, shutdown: Shutdown) -> anyhow::Result<R
     std::fs::create_dir_all(&data).with_context(|| format!("create CHAT_DATA_DIR={data}"))?;
 
     let auth_l = bind(env.as_ref(), "CHAT_AUTH_LISTEN", "127.0.0.1:0").await?;
+    let auth_admin_l = bind(env.as_ref(), "CHAT_AUTH_ADMIN_LISTEN", "127.0.0.1:0").await?;
     let auth_addr = auth_l.local_addr()?;
     let mut defaults = HashMap::new();
     for (k, v) in [
@@ -80,16 +88,19 @@ pub async fn start(env: Box<dyn Source>, shutdown: Shutdown) -> anyhow::Result<R
     let presence = chat_presence::Config::from_source(&src)?;
 
     let gateway_l = bind(&src, "CHAT_GATEWAY_LISTEN", "127.0.0.1:8080").await?;
+    let gateway_admin_l = bind(&src, "CHAT_GATEWAY_ADMIN_LISTEN", "127.0.0.1:9080").await?;
     let fanout_l = bind(&src, "CHAT_FANOUT_LISTEN", "127.0.0.1:0").await?;
     let history_l = bind(&src, "CHAT_HISTORY_LISTEN", "127.0.0.1:0").await?;
     let presence_l = bind(&src, "CHAT_PRESENCE_LISTEN", "127.0.0.1:0").await?;
     let gateway_addr = gateway_l.local_addr()?;
+    let admin_addr = gateway_admin_l.local_addr()?;
+    let public_url = chat_gateway::origin::public_url(gateway.public_url.as_deref(), gateway_addr);
     let services = vec![
-        ("auth", auth_addr),
+        ("auth", auth_admin_l.local_addr()?),
         ("history", history_l.local_addr()?),
         ("presence", presence_l.local_addr()?),
         ("fanout", fanout_l.local_addr()?),
-        ("gateway", gateway_addr),
+        ("gateway", admin_addr),
     ];
 
     let mut tasks = JoinSet::new();
@@ -105,11 +116,21 @@ pub async fn start(env: Box<dyn Source>, shutdown: Shutdown) -> anyhow::Result<R
     let sd = shutdown.clone();
     tasks.spawn(async move { ("fanout", chat_fanout::run(fanout, fanout_l, sd).await) });
     let sd = shutdown.clone();
-    tasks.spawn(async move { ("auth", chat_auth::run(auth, auth_l, sd).await) });
+    let listeners = Listeners {
+        public: auth_l,
+        admin: auth_admin_l,
+    };
+    tasks.spawn(async move { ("auth", chat_auth::run(auth, listeners, sd).await) });
     let sd = shutdown.clone();
-    tasks.spawn(async move { ("gateway", chat_gateway::run(gateway, gateway_l, sd).await) });
+    let listeners = Listeners {
+        public: gateway_l,
+        admin: gateway_admin_l,
+    };
+    tasks.spawn(async move { ("gateway", chat_gateway::run(gateway, listeners, sd).await) });
     Ok(Running {
         gateway_addr,
+        admin_addr,
+        public_url,
         auth_addr,
         services,
         tasks,

@@ -14,8 +14,13 @@ async fn main() -> anyhow::Result<()> {
     running
         .wait_ready(std::time::Duration::from_secs(60))
         .await?;
-    let addr = running.gateway_addr;
-    tracing::info!(url = %format!("http://{addr}/"), "chat is up");
-    println!("chat: open http://{addr}/  (WebSocket ws://{addr}/ws)");
+    let url = running.public_url.clone();
+    tracing::info!(url = %url, admin = %running.admin_addr, "chat is up");
+    println!(
+        "chat: metrics and probes on http://{}/ (admin, keep private)",
+        running.admin_addr
+    );
+    // The last line, for people and scripts: the URL to open.
+    println!("chat: open {url}/");
     running.wait().await
 }

@@ -19,7 +19,7 @@ use chat_core::GatewayId;
 use chat_core::events::Delivery;
 use chat_core::names;
 use chat_platform::Shutdown;
-use chat_platform::http::{Readiness, ops_router};
+use chat_platform::http::{Readiness, serve_admin};
 use chat_stream::{PresenceView, StreamSettings, setup};
 use tokio::net::TcpListener;
 
@@ -119,11 +119,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
     let readiness = Readiness::new(Some(client.clone()));
     let view_ready = readiness.flag("presence view");
     let subs_ready = readiness.flag("subscriptions");
-    let http = tokio::spawn(chat_platform::http::serve(
-        listener,
-        ops_router(readiness),
-        shutdown.clone(),
-    ));
+    let http = tokio::spawn(serve_admin(listener, readiness, shutdown.clone()));
     let view = PresenceView::new();
     let follower = tokio::spawn(follow(
         js,

@@ -33,9 +33,6 @@ pub struct Limits {
     /// pushes per room; beyond it the client gets `complete: false` and
     /// pages history itself.
     pub resume_max: u64,
-    /// `CHAT_GATEWAY_MAX_CONNECTIONS` (10000): connections per gateway process;
-    /// upgrades beyond it get HTTP 503.
-    pub max_connections: usize,
     /// `CHAT_GATEWAY_READ_BUFFER_BYTES` (4096, at least 256): the WebSocket
     /// read buffer each connection allocates. The library default (128 KiB)
     /// made an idle connection cost about 160 KiB; larger frames still
@@ -67,6 +64,18 @@ impl Limits {
 pub struct Config {
     /// `CHAT_GATEWAY_LISTEN` (127.0.0.1:8080): HTTP/WebSocket address.
     pub listen: SocketAddr,
+    /// `CHAT_GATEWAY_ADMIN_LISTEN` (127.0.0.1:9080): `/healthz`, `/readyz`
+    /// and `/metrics`; keep it off the internet.
+    pub admin_listen: SocketAddr,
+    /// `CHAT_GATEWAY_PUBLIC_URL` (unset): the URL people open, e.g.
+    /// `https://chat.example.com`; its origin is the default allowed
+    /// browser origin. Unset: `http://` + the bound address.
+    pub public_url: Option<String>,
+    /// Bounds of the public listener: `CHAT_GATEWAY_MAX_CONNECTIONS` (10000
+    /// sockets, upgraded or not; beyond gets HTTP 503),
+    /// `CHAT_GATEWAY_HEADER_TIMEOUT_MS` (10000) and
+    /// `CHAT_GATEWAY_MAX_HEADER_BYTES` (16384).
+    pub http: chat_platform::http::ServeOptions,
     /// `CHAT_GATEWAY_ID` (random per start): this process's gateway id.
     pub gateway_id: GatewayId,
     /// `CHAT_GATEWAY_JWKS_URL` (http://127.0.0.1:8081/.well-known/jwks.json).
@@ -82,9 +91,9 @@ pub struct Config {
     /// needs only the gateway's origin.
     pub auth_upstream: Option<String>,
     /// `CHAT_GATEWAY_ALLOWED_ORIGINS` (empty): browser origins allowed to open
-    /// WebSockets, comma-separated; `*` allows any. When empty, only the
-    /// gateway's own origin (same host) is allowed. Requests without `Origin`
-    /// (non-browser clients) are always allowed.
+    /// WebSockets (`scheme://host[:port]`), comma-separated; `*` allows any.
+    /// When empty, only the public URL's origin is allowed. Requests without
+    /// `Origin` (non-browser clients) are always allowed.
     pub allowed_origins: Vec<String>,
     /// `CHAT_GATEWAY_HEARTBEAT_MS` (10000): presence heartbeat interval; must
     /// be well below the presence TTL.
@@ -108,6 +117,28 @@ impl Config {
             "CHAT_GATEWAY_LISTEN",
             SocketAddr::from(([127, 0, 0, 1], 8080)),
         )?;
+        let public_url = s.raw("CHAT_GATEWAY_PUBLIC_URL");
+        if let Some(url) = &public_url
+            && crate::origin::normalize(url).is_none()
+        {
+            return Err(ConfigError::Invalid {
+                key: "CHAT_GATEWAY_PUBLIC_URL".into(),
+                value: url.clone(),
+                reason: "must be an absolute URL such as https://chat.example.com".into(),
+            });
+        }
+        let allowed_origins = s.list("CHAT_GATEWAY_ALLOWED_ORIGINS");
+        if let Some(bad) = allowed_origins
+            .iter()
+            .find(|o| *o != "*" && crate::origin::normalize(o).is_none())
+        {
+            return Err(ConfigError::Invalid {
+                key: "CHAT_GATEWAY_ALLOWED_ORIGINS".into(),
+                value: bad.clone(),
+                reason: "each entry must be an origin such as https://chat.example.com, or *"
+                    .into(),
+            });
+        }
         let gateway_id = match s.parse_opt::<GatewayId>("CHAT_GATEWAY_ID")? {
             Some(id) => id,
             None => GatewayId::generate(),
@@ -120,7 +151,6 @@ impl Config {
             queue_depth: s.at_least("CHAT_GATEWAY_QUEUE_DEPTH", 256usize, 1)?,
             auth_timeout: s.millis("CHAT_GATEWAY_AUTH_TIMEOUT_MS", Duration::from_secs(10))?,
             idle_timeout: s.millis("CHAT_GATEWAY_IDLE_TIMEOUT_MS", Duration::from_secs(60))?,
-            max_connections: s.at_least("CHAT_GATEWAY_MAX_CONNECTIONS", 10_000usize, 1)?,
             resume_max: s.at_least("CHAT_GATEWAY_RESUME_MAX", 1000u64, 1)?,
             read_buffer_bytes: s.at_least("CHAT_GATEWAY_READ_BUFFER_BYTES", 4096usize, 256)?,
             write_buffer_bytes: s.at_least("CHAT_GATEWAY_WRITE_BUFFER_BYTES", 8192usize, 0)?,
@@ -134,6 +164,12 @@ impl Config {
         }
         Ok(Self {
             listen,
+            admin_listen: s.parse(
+                "CHAT_GATEWAY_ADMIN_LISTEN",
+                SocketAddr::from(([127, 0, 0, 1], 9080)),
+            )?,
+            public_url,
+            http: s.http_listener("GATEWAY", "gateway")?,
             gateway_id,
             jwks_url: s.string(
                 "CHAT_GATEWAY_JWKS_URL",
@@ -145,7 +181,7 @@ impl Config {
             auth_upstream: s
                 .raw("CHAT_GATEWAY_AUTH_UPSTREAM")
                 .map(|u| u.trim_end_matches('/').to_string()),
-            allowed_origins: s.list("CHAT_GATEWAY_ALLOWED_ORIGINS"),
+            allowed_origins,
             heartbeat: s.millis("CHAT_GATEWAY_HEARTBEAT_MS", Duration::from_secs(10))?,
             request_timeout: s.millis("CHAT_GATEWAY_REQUEST_TIMEOUT_MS", Duration::from_secs(5))?,
             shutdown_grace: s.millis("CHAT_GATEWAY_SHUTDOWN_GRACE_MS", Duration::from_secs(10))?,
@@ -176,6 +212,25 @@ mod tests {
             .with("CHAT_GATEWAY_MAX_TEXT_BYTES", "1000");
         let err = Config::from_source(&src).err().map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("CHAT_GATEWAY_MAX_TEXT_BYTES")));
+    }
+
+    #[test]
+    fn origins_and_the_public_url_must_be_origins() {
+        for (key, value) in [
+            ("CHAT_GATEWAY_PUBLIC_URL", "chat.example.com"),
+            (
+                "CHAT_GATEWAY_ALLOWED_ORIGINS",
+                "https://ok.example,/relative",
+            ),
+            ("CHAT_GATEWAY_ADMIN_LISTEN", "nowhere"),
+            ("CHAT_GATEWAY_HEADER_TIMEOUT_MS", "0"),
+        ] {
+            let err = Config::from_source(&MapSource::new().with(key, value))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(key), "{key}={value}: {err:?}");
+        }
     }
 
     #[test]

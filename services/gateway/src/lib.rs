@@ -4,11 +4,13 @@
 //! serves the web client and, optionally, forwards `/auth/*` to the auth
 //! service so a browser needs one origin.
 
+pub mod auth_proxy;
 pub mod commands;
 pub mod config;
 pub mod error;
 pub mod http_routes;
 pub mod ordering;
+pub mod origin;
 pub mod presence;
 pub mod queue;
 pub mod registry;
@@ -25,22 +27,25 @@ use async_nats::jetstream;
 use chat_core::events::{Delivery, Heads};
 use chat_core::names;
 use chat_platform::Shutdown;
+use chat_platform::http::Listeners;
 use chat_platform::http::Readiness;
 use chat_stream::{RoomLog, StreamSettings};
 use futures::StreamExt;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 pub use config::{Config, Limits};
 pub use http_routes::router;
 pub use state::AppState;
 
-/// Runs a gateway on `listener` until `shutdown`, then closes every session
-/// with 1001 (reconnect and resume), waits up to the grace period for them,
-/// and drains NATS.
-pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+/// Runs a gateway until `shutdown` (clients on `listeners.public`, ops
+/// endpoints on `listeners.admin`), then closes every session with 1001
+/// (reconnect and resume), waits up to the grace period for them, and
+/// drains NATS.
+pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    let bound = listeners.public.local_addr().context("public listener")?;
+    let public_url = origin::public_url(config.public_url.as_deref(), bound);
+    let origins = origin::AllowedOrigins::resolve(&config.allowed_origins, &public_url);
     let gw = config.gateway_id.clone();
     let nats = chat_platform::nats::connect(
         &config.common,
@@ -73,11 +78,16 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
         registry: registry::Registry::default(),
         presence: presence::PresenceReporter::new(nats.clone(), gw.clone()),
         sessions: TaskTracker::new(),
-        slots: Arc::new(Semaphore::new(config.limits.max_connections)),
+        origins,
         next_session: Arc::new(AtomicU64::new(1)),
         shutdown: shutdown.clone(),
-        http: reqwest::Client::new(),
+        http: auth_proxy::client(),
     });
+    let admin = tokio::spawn(chat_platform::http::serve_admin(
+        listeners.admin,
+        ready.clone(),
+        shutdown.clone(),
+    ));
 
     let mut deliveries = nats
         .subscribe(names::gateway_deliver(&gw))
@@ -127,12 +137,19 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
         shutdown.clone(),
     ));
 
-    tracing::info!(gateway = %gw, addr = ?listener.local_addr().ok(), "gateway listening");
-    let server = tokio::spawn(chat_platform::http::serve(
-        listener,
-        router(st.clone(), ready),
-        shutdown.clone(),
-    ));
+    tracing::info!(
+        gateway = %gw,
+        addr = %bound,
+        url = %public_url,
+        origins = %st.origins.describe(),
+        "gateway listening"
+    );
+    let http_options = config.http.clone();
+    let app = router(st.clone(), ready);
+    let stop = shutdown.clone();
+    let server = tokio::spawn(async move {
+        chat_platform::http::serve(listeners.public, app, stop, &http_options).await
+    });
 
     shutdown.cancelled().await;
     let open = st.registry.sessions();
@@ -155,6 +172,11 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server error"),
         Ok(Err(e)) => tracing::warn!(error = %e, "http server task failed"),
         Err(_) => tracing::warn!("http server did not stop within the grace period"),
+    }
+    match admin.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "admin listener error"),
+        Err(e) => tracing::warn!(error = %e, "admin listener task failed"),
     }
     heartbeat.abort();
     if let Err(e) = nats.drain().await {

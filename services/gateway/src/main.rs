@@ -7,8 +7,12 @@ use chat_platform::config::EnvSource;
 async fn main() -> anyhow::Result<()> {
     chat_platform::telemetry::init(&std::env::var("CHAT_LOG_FORMAT").unwrap_or_default());
     let config = chat_gateway::Config::from_source(&EnvSource::load()?)?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let public = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("bind CHAT_GATEWAY_LISTEN={}", config.listen))?;
-    chat_gateway::run(config, listener, chat_platform::shutdown::on_signal()).await
+    let admin = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("bind CHAT_GATEWAY_ADMIN_LISTEN={}", config.admin_listen))?;
+    let listeners = chat_platform::http::Listeners { public, admin };
+    chat_gateway::run(config, listeners, chat_platform::shutdown::on_signal()).await
 }

@@ -93,8 +93,9 @@ async fn next_frame(stream: &mut SplitStream<WebSocket>) -> Incoming {
     }
 }
 
-/// Runs one session to its end. `_permit` holds a connection slot.
-pub async fn run(st: AppState, socket: WebSocket, _permit: OwnedSemaphorePermit) {
+/// Runs one session to its end. `_slot` holds the socket's place under the
+/// connection limit.
+pub async fn run(st: AppState, socket: WebSocket, _slot: Option<OwnedSemaphorePermit>) {
     metrics::gauge!("chat_gateway_connections").increment(1.0);
     let session_id = st.next_session.fetch_add(1, Ordering::Relaxed);
     let (mut sink, mut stream) = socket.split();

@@ -9,7 +9,6 @@ use chat_core::{RoomId, SCHEMA_VERSION, UserId};
 use chat_stream::RoomLog;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
@@ -46,11 +45,11 @@ pub struct State {
     pub presence: PresenceReporter,
     /// Tracks session tasks so shutdown can wait for them.
     pub sessions: TaskTracker,
-    /// Connection slots (`max_connections`).
-    pub slots: Arc<Semaphore>,
+    /// Browser origins allowed to open WebSockets.
+    pub origins: crate::origin::AllowedOrigins,
     pub next_session: Arc<AtomicU64>,
     pub shutdown: chat_platform::Shutdown,
-    /// HTTP client for the optional auth proxy.
+    /// HTTP client for the optional auth forward.
     pub http: reqwest::Client,
 }
 

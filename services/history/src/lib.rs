@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chat_core::names;
 use chat_platform::Shutdown;
-use chat_platform::http::{Readiness, ops_router, serve};
+use chat_platform::http::{Readiness, serve_admin};
 use chat_store::{HistoryStore, SqliteStore};
 use chat_stream::RoomLog;
 use chat_stream::setup::{self, StreamSettings};
@@ -63,7 +63,7 @@ pub async fn run_with_store(
 
     // Internal token: a fatal error in one part stops the others.
     let stop = shutdown.child_token();
-    let http = tokio::spawn(serve(listener, ops_router(ready.clone()), stop.clone()));
+    let http = tokio::spawn(serve_admin(listener, ready.clone(), stop.clone()));
 
     let result = serve_nats(&config, &client, store, &stop, &consumer_ready).await;
     stop.cancel();

@@ -18,7 +18,7 @@ use anyhow::Context;
 use async_nats::jetstream::{self, kv};
 use chat_core::names;
 use chat_platform::Shutdown;
-use chat_platform::http::{Readiness, ops_router};
+use chat_platform::http::{Readiness, serve_admin};
 use chat_stream::{PresenceView, StreamSettings, setup};
 use tokio::net::TcpListener;
 
@@ -73,11 +73,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
         view_ready.clone(),
         shutdown.clone(),
     ));
-    let http = tokio::spawn(chat_platform::http::serve(
-        listener,
-        ops_router(readiness),
-        shutdown.clone(),
-    ));
+    let http = tokio::spawn(serve_admin(listener, readiness, shutdown.clone()));
 
     // Reports need the bucket's current contents: a connect is "the user's
     // first gateway" only if the view knows the others.

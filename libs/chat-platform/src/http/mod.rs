@@ -1,6 +1,10 @@
 //! HTTP plumbing shared by services: `/healthz`, `/readyz`, `/metrics`, the
-//! one place the tower layer stack is built, and serving with graceful
-//! shutdown.
+//! one place the tower layer stack is built, and serving with explicit
+//! bounds and graceful shutdown ([`serve`]).
+
+mod serve;
+
+pub use serve::{ConnSlot, ServeOptions, serve};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -80,9 +84,10 @@ impl Readiness {
     }
 }
 
-/// `/healthz` (alive), `/readyz` (dependencies usable), `/metrics` (Prometheus).
-pub fn ops_router(ready: Readiness) -> Router {
-    let handle = metrics_handle();
+/// `/healthz` (alive) and `/readyz` (dependencies usable): the probes a
+/// load balancer or kubelet uses. Served on the admin listener, and on a
+/// public listener where a load balancer checks it.
+pub fn probes_router(ready: Readiness) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -100,19 +105,45 @@ pub fn ops_router(ready: Readiness) -> Router {
                 }
             }),
         )
-        .route(
-            "/metrics",
-            get(move || {
-                let handle = handle.clone();
-                async move {
-                    match handle {
-                        Some(h) => (StatusCode::OK, h.render()).into_response(),
-                        None => (StatusCode::SERVICE_UNAVAILABLE, "no metrics recorder\n")
-                            .into_response(),
+}
+
+/// The admin listener's routes: the probes and `/metrics` (Prometheus).
+/// Never merged into a public router: metrics name internals.
+pub fn ops_router(ready: Readiness) -> Router {
+    let handle = metrics_handle();
+    probes_router(ready).route(
+        "/metrics",
+        get(move || {
+            let handle = handle.clone();
+            async move {
+                match handle {
+                    Some(h) => (StatusCode::OK, h.render()).into_response(),
+                    None => {
+                        (StatusCode::SERVICE_UNAVAILABLE, "no metrics recorder\n").into_response()
                     }
                 }
-            }),
-        )
+            }
+        }),
+    )
+}
+
+/// Serves the ops routes on an admin `listener` until `shutdown`.
+pub async fn serve_admin(
+    listener: TcpListener,
+    ready: Readiness,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    let app = layers(ops_router(ready), &HttpLimits::default());
+    serve(listener, app, shutdown, &ServeOptions::admin()).await
+}
+
+/// The two listeners of a service with a public API (gateway, auth): the
+/// public one, and the admin one for probes and metrics (keep it off the
+/// internet: bind it to loopback or a cluster-internal address).
+#[derive(Debug)]
+pub struct Listeners {
+    pub public: TcpListener,
+    pub admin: TcpListener,
 }
 
 /// Limits of the HTTP layer stack.
@@ -160,19 +191,4 @@ pub fn layers(router: Router, limits: &HttpLimits) -> Router {
             axum::http::header::COOKIE,
         ]))
         .layer(CatchPanicLayer::new())
-}
-
-/// Serves `router` on `listener` until `shutdown`, then finishes in-flight
-/// requests.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: Shutdown,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
 }
