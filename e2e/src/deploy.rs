@@ -146,6 +146,25 @@ impl ServiceProcess {
         }
     }
 
+    /// SIGSTOP: the process stays, but does nothing (a stalled instance).
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.signal(nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    /// SIGCONT after [`ServiceProcess::pause`].
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.signal(nix::sys::signal::Signal::SIGCONT)
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        let Some(c) = self.child.as_ref() else {
+            bail!("{} is not running", self.name);
+        };
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id())?);
+        nix::sys::signal::kill(pid, sig)?;
+        Ok(())
+    }
+
     /// SIGTERM, then waits up to `grace` for it to exit; returns its status.
     pub async fn terminate(&mut self, grace: Duration) -> anyhow::Result<ExitStatus> {
         let Some(mut c) = self.child.take() else {

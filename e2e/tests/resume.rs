@@ -160,8 +160,7 @@ async fn deliver_raw(
 ) {
     let frame = json!({"type": "event", "v": 1, "room": room, "seq": seq, "ts": 1,
         "from": "someone", "kind": "msg", "cmid": format!("raw{seq}"), "text": text});
-    let delivery =
-        json!({"v": 1, "users": [user], "frame": frame.to_string(), "room": room, "seq": seq});
+    let delivery = json!({"v": 1, "kind": "msg", "users": [user], "frame": frame.to_string(), "room": room, "seq": seq});
     nc.publish(format!("gw.{gw}.deliver"), delivery.to_string().into())
         .await
         .expect("publish delivery");

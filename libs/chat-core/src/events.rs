@@ -60,18 +60,64 @@ pub enum MemberOp {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivery {
     pub v: u32,
+    /// What the frame is; decides which of the fields below must be set.
+    pub kind: DeliveryKind,
     /// Recipients on this gateway.
     pub users: Vec<UserId>,
     /// The server frame (JSON text) to write to each recipient's sessions.
     pub frame: String,
-    /// Room and sequence of a room event (absent for presence).
+    /// Room and sequence of a room event (`msg` and `member`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub room: Option<RoomId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
-    /// Set for membership events, so gateways update their sessions' rooms.
+    /// The change of a `member` delivery, so gateways update their
+    /// sessions' rooms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub membership: Option<MembershipChange>,
+}
+
+/// The kind of a [`Delivery`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryKind {
+    /// A message of a room: `room` and `seq` (its room sequence) are set,
+    /// and the gateway writes it in sequence order per session.
+    Msg,
+    /// A membership event: `room`, `seq` (the room's last message before
+    /// it) and `membership` are set.
+    Member,
+    /// A presence frame: none of them.
+    Presence,
+}
+
+/// A delivery, checked: what a gateway acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routed<'a> {
+    Msg { room: &'a RoomId, seq: u64 },
+    Member { change: &'a MembershipChange },
+    Presence,
+}
+
+impl Delivery {
+    /// The delivery's kind with the fields that kind requires, or why it is
+    /// not a valid delivery.
+    pub fn routed(&self) -> Result<Routed<'_>, &'static str> {
+        match (self.kind, &self.room, self.seq, &self.membership) {
+            (DeliveryKind::Msg, Some(room), Some(seq), None) => Ok(Routed::Msg { room, seq }),
+            (DeliveryKind::Msg, ..) => Err("a msg delivery needs room and seq, and no membership"),
+            (DeliveryKind::Member, Some(room), Some(_), Some(change)) if change.room == *room => {
+                Ok(Routed::Member { change })
+            }
+            (DeliveryKind::Member, ..) => {
+                Err("a member delivery needs room, seq and a membership of that room")
+            }
+            (DeliveryKind::Presence, None, None, None) => Ok(Routed::Presence),
+            (DeliveryKind::Presence, ..) => {
+                Err("a presence delivery has no room, seq or membership")
+            }
+        }
+    }
 }
 
 /// `gw.<gateway_id>.heads`: fanout → one gateway, every few seconds, the
@@ -147,6 +193,57 @@ pub enum PresenceStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delivery_is_routed_by_its_kind_and_needs_that_kinds_fields() {
+        let room = RoomId::parse("r1").unwrap_or_else(|e| panic!("{e}"));
+        let user = UserId::parse("u1").unwrap_or_else(|e| panic!("{e}"));
+        let base = Delivery {
+            v: 1,
+            kind: DeliveryKind::Msg,
+            users: vec![user.clone()],
+            frame: "{}".into(),
+            room: Some(room.clone()),
+            seq: Some(4),
+            membership: None,
+        };
+        assert_eq!(
+            base.routed(),
+            Ok(Routed::Msg {
+                room: &room,
+                seq: 4
+            })
+        );
+        // The same fields with another kind are not a message any more.
+        let member = Delivery {
+            kind: DeliveryKind::Member,
+            ..base.clone()
+        };
+        assert!(
+            member.routed().is_err(),
+            "a member delivery without its change"
+        );
+        let change = MembershipChange {
+            room: room.clone(),
+            user,
+            op: MemberOp::Join,
+        };
+        let member = Delivery {
+            membership: Some(change.clone()),
+            ..member
+        };
+        assert_eq!(member.routed(), Ok(Routed::Member { change: &change }));
+        let presence = Delivery {
+            kind: DeliveryKind::Presence,
+            ..base.clone()
+        };
+        assert!(presence.routed().is_err(), "presence carries no room");
+        let json = r#"{"v":1,"users":["u1"],"frame":"{}","room":"r1","seq":4}"#;
+        assert!(
+            serde_json::from_str::<Delivery>(json).is_err(),
+            "the kind is required"
+        );
+    }
 
     #[test]
     fn room_event_json_is_flat_with_kind_tag() {

@@ -145,6 +145,8 @@ pub mod svc {
     pub const HISTORY_ALL: &str = "svc.history.>";
     /// Current presence of a list of users.
     pub const PRESENCE_QUERY: &str = "svc.presence.query";
+    /// The online co-members of a user (fanout holds members and presence).
+    pub const FANOUT_PRESENCE_SNAPSHOT: &str = "svc.fanout.presence.snapshot";
 }
 
 /// Header names.

@@ -27,8 +27,11 @@ pub enum ErrorCode {
     NotMember,
     /// The frame or message text exceeds a configured limit.
     TooLarge,
-    /// The connection sends faster than its rate limit.
+    /// The connection (or user) sends faster than its rate limit.
     RateLimited,
+    /// A per-user limit was reached (connections per user on a gateway,
+    /// rooms per user).
+    LimitReached,
     /// The same client message id was already used with different content.
     IdConflict,
     /// A dependency (NATS, store) is unavailable; retry later.
@@ -50,6 +53,7 @@ impl ErrorCode {
             ErrorCode::NotMember => "not_member",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::LimitReached => "limit_reached",
             ErrorCode::IdConflict => "id_conflict",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
@@ -57,9 +61,10 @@ impl ErrorCode {
     }
 }
 
-/// An error reply: a stable code and a human-readable message.
+/// An error reply: a stable code and a human-readable message. It displays
+/// as its message alone: the code travels separately, never as a Rust name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[error("{code:?}: {message}")]
+#[error("{message}")]
 pub struct SvcError {
     pub code: ErrorCode,
     pub message: String,
@@ -214,6 +219,23 @@ pub struct FoundMessage {
 pub struct PresenceQuery {
     pub v: u32,
     pub users: Vec<UserId>,
+}
+
+/// `svc.fanout.presence.snapshot`: which co-members of `user` are online.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceSnapshotQuery {
+    pub v: u32,
+    pub user: UserId,
+}
+
+/// Reply to `svc.fanout.presence.snapshot`: the online members of the
+/// user's rooms with at most `CHAT_FANOUT_PRESENCE_MAX_ROOM` members,
+/// without the user, sorted, at most `CHAT_FANOUT_PRESENCE_SNAPSHOT_MAX`;
+/// `more` when that cut the list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceSnapshot {
+    pub online: Vec<UserId>,
+    pub more: bool,
 }
 
 /// Reply to `svc.presence.query`: the subset of the asked users that is online.

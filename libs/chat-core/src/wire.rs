@@ -23,6 +23,8 @@ pub enum ClientFrame {
     #[serde(rename = "hello")]
     Hello {
         v: u32,
+        /// Missing is the same as empty: refused as `unauthorized`.
+        #[serde(default)]
         token: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resume: Option<std::collections::BTreeMap<RoomId, u64>>,
@@ -68,6 +70,17 @@ pub enum ClientFrame {
         #[serde(default)]
         limit: Option<u32>,
     },
+    /// A page of the caller's rooms (by id, after `after`), with each
+    /// room's last message sequence.
+    #[serde(rename = "rooms.list")]
+    RoomsList {
+        #[serde(default)]
+        id: Option<String>,
+        #[serde(default)]
+        after: Option<RoomId>,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
     /// Keep-alive; answered with `pong`.
     #[serde(rename = "ping")]
     Ping {
@@ -86,6 +99,14 @@ pub struct Limits {
     pub idle_timeout_ms: u64,
 }
 
+/// A room and its last message sequence when the server looked: every
+/// message after `seq` reaches the session (live, or filled in order).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomHead {
+    pub id: RoomId,
+    pub seq: u64,
+}
+
 /// Frames the server sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
@@ -96,8 +117,19 @@ pub enum ServerFrame {
         v: u32,
         user: UserId,
         gateway: GatewayId,
-        rooms: Vec<RoomId>,
+        /// The user's first rooms by id (at most `CHAT_GATEWAY_WELCOME_ROOMS`).
+        rooms: Vec<RoomHead>,
+        /// More rooms follow: page them with `rooms.list`.
+        more_rooms: bool,
         limits: Limits,
+    },
+    /// Reply to `rooms.list`.
+    #[serde(rename = "rooms")]
+    Rooms {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        rooms: Vec<RoomHead>,
+        more: bool,
     },
     /// Reply to `room.create`.
     #[serde(rename = "room.created")]
@@ -157,6 +189,10 @@ pub enum ServerFrame {
         after: u64,
         to: u64,
         complete: bool,
+        /// The position the client gave was beyond the room's last
+        /// message; the gateway resumed from that message (`after`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        clamped: bool,
     },
     /// Sent just before a server-initiated close that asks the client to
     /// reconnect (1001): where it is in each room, to pass as `hello.resume`.
@@ -164,6 +200,10 @@ pub enum ServerFrame {
     Reconnect {
         resume: std::collections::BTreeMap<RoomId, u64>,
     },
+    /// Sent once after `welcome`: the co-members online now (in rooms with
+    /// presence); everyone else is offline. `more`: the list was cut.
+    #[serde(rename = "presence.snapshot")]
+    PresenceSnapshot { online: Vec<UserId>, more: bool },
     /// A co-member's presence changed.
     #[serde(rename = "presence")]
     Presence {
@@ -183,6 +223,10 @@ pub enum ServerFrame {
         id: Option<String>,
         code: ErrorCode,
         message: String,
+        /// The room concerned, where the error is about one (a refused
+        /// resume).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<RoomId>,
     },
 }
 
@@ -190,8 +234,13 @@ pub enum ServerFrame {
 pub mod close {
     /// Server is shutting down or draining: reconnect (to any gateway) and resume.
     pub const GOING_AWAY: u16 = 1001;
+    /// The client broke RFC 6455 (unmasked or reserved-bit frames, reserved
+    /// opcodes, fragmented or oversized control frames).
+    pub const PROTOCOL_ERROR: u16 = 1002;
     /// A binary frame was sent; the protocol is text-only.
     pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// A text frame was not valid UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// A frame exceeded `max_frame_bytes`.
     pub const TOO_BIG: u16 = 1009;
     /// Internal error.
@@ -204,6 +253,11 @@ pub mod close {
     pub const IDLE_TIMEOUT: u16 = 4003;
     /// `hello.v` is not a supported protocol version.
     pub const UNSUPPORTED_VERSION: u16 = 4004;
+    /// The first frame was not a well-formed `hello`.
+    pub const BAD_HELLO: u16 = 4005;
+    /// The user already has `CHAT_GATEWAY_MAX_CONNECTIONS_PER_USER`
+    /// connections on this gateway.
+    pub const TOO_MANY_CONNECTIONS: u16 = 4008;
     /// The outbound queue overflowed (client too slow): reconnect and resume.
     pub const SLOW_CONSUMER: u16 = 4009;
 }

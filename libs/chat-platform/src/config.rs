@@ -303,6 +303,11 @@ pub struct Common {
     /// de-duplication window (default 120000). Beyond it, the history store
     /// keeps sends idempotent.
     pub dedup_window: std::time::Duration,
+    /// `CHAT_ROOM_TAIL_CACHE`: rooms whose last stream position a process
+    /// that appends to rooms (gateway, history) keeps, to number the next
+    /// message without a read (default 100000). Beyond it, idle rooms'
+    /// positions are dropped and re-read on their next message.
+    pub room_tail_cache: usize,
 }
 
 impl Common {
@@ -324,6 +329,7 @@ impl Common {
                 "CHAT_STREAM_DEDUP_WINDOW_MS",
                 std::time::Duration::from_secs(120),
             )?,
+            room_tail_cache: s.at_least("CHAT_ROOM_TAIL_CACHE", 100_000usize, 1)?,
         })
     }
 }

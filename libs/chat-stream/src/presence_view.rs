@@ -2,19 +2,27 @@
 //! user. Kept current by a KV watch; used by fanout (where to deliver) and
 //! presence (who is online).
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv::{self, Operation};
 use chat_core::names;
 use chat_core::{GatewayId, UserId};
 use futures::StreamExt;
 
+/// How long the record of an expiry that took a user offline is kept for
+/// the one who handles that expiry marker (see [`PresenceView::take_expiry`]).
+const EXPIRY_RECORD_AGE: Duration = Duration::from_secs(60);
+
 /// user → gateways, with the KV revision of each (user, gateway) entry so a
 /// late, older update never undoes a newer one.
 #[derive(Clone, Default)]
 pub struct PresenceView {
     inner: Arc<RwLock<HashMap<UserId, HashMap<GatewayId, u64>>>>,
+    /// Revisions of expiry markers that took a user offline, whichever of
+    /// the watch or the marker's handler applied them first; oldest first.
+    expiries: Arc<Mutex<VecDeque<(u64, Instant)>>>,
 }
 
 impl PresenceView {
@@ -51,7 +59,46 @@ impl PresenceView {
         if !online {
             map.remove(&user);
         }
-        was_online != online
+        drop(map);
+        let flipped = was_online != online;
+        if flipped && matches!(op, Operation::Purge) {
+            self.record_expiry(revision);
+        }
+        flipped
+    }
+
+    fn record_expiry(&self, revision: u64) {
+        let mut e = match self.expiries.lock() {
+            Ok(e) => e,
+            Err(p) => p.into_inner(),
+        };
+        let now = Instant::now();
+        while e
+            .front()
+            .is_some_and(|(_, at)| now.saturating_duration_since(*at) > EXPIRY_RECORD_AGE)
+        {
+            e.pop_front();
+        }
+        e.push_back((revision, now));
+    }
+
+    /// Whether the expiry marker at `revision` took its user offline when
+    /// it was applied (by the watch or by [`PresenceView::apply`] directly),
+    /// once: the record is taken. An expiry marker also follows a delete
+    /// whose tombstone aged out; that one removed nothing live, so it is
+    /// not an offline transition.
+    pub fn take_expiry(&self, revision: u64) -> bool {
+        let mut e = match self.expiries.lock() {
+            Ok(e) => e,
+            Err(p) => p.into_inner(),
+        };
+        match e.iter().position(|(r, _)| *r == revision) {
+            Some(i) => {
+                e.remove(i);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Gateways currently holding `user`.
@@ -186,6 +233,21 @@ mod tests {
         assert!(v.is_online(&UserId::parse("alice").unwrap_or_else(|e| panic!("{e}"))));
         assert!(v.apply("alice.g2", 4, Operation::Purge));
         assert!(!v.is_online(&UserId::parse("alice").unwrap_or_else(|e| panic!("{e}"))));
+    }
+
+    #[test]
+    fn only_an_expiry_that_removes_a_live_entry_is_a_recorded_offline() {
+        let v = PresenceView::new();
+        v.apply("carol.g1", 1, Operation::Put);
+        v.apply("carol.g1", 2, Operation::Delete);
+        // The tombstone aged out: a marker for an entry that is not live.
+        v.apply("carol.g1", 3, Operation::Purge);
+        assert!(!v.take_expiry(3));
+        v.apply("dave.g1", 4, Operation::Put);
+        v.apply("dave.g1", 5, Operation::Purge);
+        v.apply("dave.g1", 5, Operation::Purge);
+        assert!(v.take_expiry(5), "dave's live entry expired");
+        assert!(!v.take_expiry(5), "taken once");
     }
 
     #[test]

@@ -62,12 +62,18 @@ struct Tail {
     room_seq: u64,
 }
 
+/// Rooms whose last known tail a [`RoomLog`] keeps by default.
+pub const DEFAULT_TAIL_CACHE: usize = 100_000;
+
 /// Appends events to rooms. Cheap to clone; share one per process.
 #[derive(Clone)]
 pub struct RoomLog {
     js: jetstream::Context,
     stream: stream::Stream,
     tails: Arc<Mutex<HashMap<RoomId, TailSlot>>>,
+    /// Most rooms in `tails`: a process that touches ever more rooms must
+    /// not keep a tail for each forever.
+    max_tails: usize,
 }
 
 impl RoomLog {
@@ -76,6 +82,23 @@ impl RoomLog {
             js,
             stream,
             tails: Arc::default(),
+            max_tails: DEFAULT_TAIL_CACHE,
+        }
+    }
+
+    /// Keeps the tails of at most `rooms` rooms (at least 1). When full,
+    /// the tails no append is using are dropped; they are re-read from the
+    /// stream on the room's next append.
+    pub fn with_tail_cache(mut self, rooms: usize) -> Self {
+        self.max_tails = rooms.max(1);
+        self
+    }
+
+    /// Rooms whose tail is cached now.
+    pub fn cached_tails(&self) -> usize {
+        match self.tails.lock() {
+            Ok(t) => t.len(),
+            Err(p) => p.into_inner().len(),
         }
     }
 
@@ -89,6 +112,15 @@ impl RoomLog {
             Ok(t) => t,
             Err(poisoned) => poisoned.into_inner(),
         };
+        if let Some(slot) = tails.get(room) {
+            return slot.clone();
+        }
+        if tails.len() >= self.max_tails {
+            // Keep only slots an append holds right now (someone else has
+            // a clone); the others cost one read to rebuild.
+            tails.retain(|_, slot| Arc::strong_count(slot) > 1);
+            metrics::counter!("chat_room_tail_cache_evictions_total").increment(1);
+        }
         tails.entry(room.clone()).or_default().clone()
     }
 
@@ -261,9 +293,34 @@ impl RoomLog {
         Err(AppendError::Contention)
     }
 
-    /// The room sequence of `room`'s last stored message (0 for none).
+    /// The room sequence of `room`'s last stored message (0 for none), by
+    /// direct get: any replica may answer, so it may be a moment behind.
     pub async fn last_seq(&self, room: &RoomId) -> Result<u64, AppendError> {
         Ok(self.read_tail(room).await?.room_seq)
+    }
+
+    /// Like [`RoomLog::last_seq`], but answered by the stream's leader: never
+    /// behind an acknowledged append. For decisions a lagging replica must
+    /// not make (is a client's position really beyond the room?).
+    pub async fn last_seq_from_leader(&self, room: &RoomId) -> Result<u64, AppendError> {
+        let subject = names::room_subject(room, names::EventKind::Msg);
+        match self.stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(msg) => msg
+                .headers
+                .get(headers::ROOM_SEQ)
+                .and_then(|v| v.as_str().parse::<u64>().ok())
+                .ok_or_else(|| AppendError::Corrupt {
+                    seq: msg.sequence,
+                    reason: format!("missing {} header", headers::ROOM_SEQ),
+                }),
+            Err(e)
+                if e.kind()
+                    == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+            {
+                Ok(0)
+            }
+            Err(e) => Err(AppendError::Read(e.to_string())),
+        }
     }
 
     /// The last stored message's stream and room sequence for `room`

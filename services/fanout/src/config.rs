@@ -38,6 +38,10 @@ pub struct Config {
     /// costs n² frames (a room of 2,000 coming online: 4 million). 0 turns
     /// presence pushes off.
     pub presence_max_room: usize,
+    /// `CHAT_FANOUT_PRESENCE_SNAPSHOT_MAX` (1000, at least 1): most users a
+    /// `presence.snapshot` lists (the online co-members a connecting
+    /// session is told about); beyond it the list is cut and says so.
+    pub presence_snapshot_max: usize,
     /// NATS connection and resource management options.
     pub common: Common,
 }
@@ -75,6 +79,7 @@ impl Config {
             });
         }
         Ok(Config {
+            presence_snapshot_max: s.at_least("CHAT_FANOUT_PRESENCE_SNAPSHOT_MAX", 1000usize, 1)?,
             listen,
             batch,
             heads_interval,

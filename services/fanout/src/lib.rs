@@ -8,6 +8,7 @@ mod members;
 mod pipeline;
 mod plan;
 mod relay;
+mod snapshot;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -184,21 +185,39 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
         .queue_subscribe(names::PRESENCE_USER_ALL, names::queue::FANOUT.into())
         .await
         .context("fanout: subscribe presence changes")?;
+    let snapshot_sub = client
+        .queue_subscribe(
+            names::svc::FANOUT_PRESENCE_SNAPSHOT,
+            names::queue::FANOUT.into(),
+        )
+        .await
+        .context("fanout: subscribe presence snapshots")?;
     // Ready only once the server has the subscription.
     chat_platform::nats::round_trip(&client)
         .await
         .map_err(|e| anyhow::anyhow!("fanout: subscriptions: {e}"))?;
     subs_ready.store(true, Ordering::Release);
     let relay = tokio::spawn(relay::serve(fanout.clone(), relay_sub, shutdown.clone()));
+    let snapshots = tokio::spawn(snapshot::serve(
+        fanout.clone(),
+        snapshot_sub,
+        config.presence_snapshot_max,
+        shutdown.clone(),
+    ));
     let pipeline = tokio::spawn(pipeline::serve(
         fanout,
         consumer,
         config.batch,
         shutdown.clone(),
     ));
-    let (p, r, h) = tokio::join!(pipeline, relay, heads_task);
+    let (p, r, h, s) = tokio::join!(pipeline, relay, heads_task, snapshots);
     changes_task.abort();
-    for (what, res) in [("pipeline", p), ("relay", r), ("heads", h)] {
+    for (what, res) in [
+        ("pipeline", p),
+        ("relay", r),
+        ("heads", h),
+        ("snapshots", s),
+    ] {
         if let Err(err) = res {
             tracing::error!(error = %err, task = what, "fanout task failed");
         }

@@ -153,11 +153,7 @@ async fn handle(fanout: &Fanout, msg: &Message) -> Outcome {
         }
     };
     let ctx_membership = membership.clone();
-    let ctx = Context {
-        room: Some(ev.room.clone()),
-        seq: Some(ev.seq),
-        membership,
-    };
+    let ctx = Context::event(&ev.room, ev.seq, membership);
     let out = plan::deliveries(&fanout.view, &recipients, &frame, &ctx);
     if let Err(e) = fanout.publish(out).await {
         tracing::warn!(error = %e, "delivery publish failed; will retry");

@@ -2,16 +2,44 @@
 
 use std::collections::BTreeSet;
 
-use chat_core::events::{Delivery, MembershipChange};
+use chat_core::events::{Delivery, DeliveryKind, MembershipChange};
 use chat_core::{GatewayId, RoomId, SCHEMA_VERSION, UserId};
 use chat_stream::PresenceView;
 
-/// Where a room event sits, copied onto each of its deliveries.
-#[derive(Debug, Clone, Default)]
+/// What a frame is and where a room event sits, copied onto each of its
+/// deliveries.
+#[derive(Debug, Clone)]
 pub struct Context {
+    pub kind: DeliveryKind,
     pub room: Option<RoomId>,
     pub seq: Option<u64>,
     pub membership: Option<MembershipChange>,
+}
+
+impl Context {
+    /// A presence frame: no room, no sequence.
+    pub fn presence() -> Self {
+        Self {
+            kind: DeliveryKind::Presence,
+            room: None,
+            seq: None,
+            membership: None,
+        }
+    }
+
+    /// A room event: a message, or (with `membership`) a membership change.
+    pub fn event(room: &RoomId, seq: u64, membership: Option<MembershipChange>) -> Self {
+        Self {
+            kind: if membership.is_some() {
+                DeliveryKind::Member
+            } else {
+                DeliveryKind::Msg
+            },
+            room: Some(room.clone()),
+            seq: Some(seq),
+            membership,
+        }
+    }
 }
 
 /// One delivery per gateway holding at least one online recipient; offline
@@ -32,6 +60,7 @@ pub fn deliveries(
             users.sort();
             let delivery = Delivery {
                 v: SCHEMA_VERSION,
+                kind: ctx.kind,
                 users,
                 frame: frame.to_string(),
                 room: ctx.room.clone(),
@@ -59,7 +88,7 @@ mod tests {
         view.apply("alice.g1", 2, Operation::Put);
         view.apply("alice.g2", 3, Operation::Put);
         let recipients: BTreeSet<_> = [u("alice"), u("bob"), u("carol")].into();
-        let out = deliveries(&view, &recipients, "{}", &Context::default());
+        let out = deliveries(&view, &recipients, "{}", &Context::presence());
         let got: Vec<(String, Vec<UserId>)> = out
             .into_iter()
             .map(|(g, d)| (g.to_string(), d.users))

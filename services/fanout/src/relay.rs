@@ -59,7 +59,7 @@ async fn relay(fanout: &Fanout, payload: &[u8]) {
             return;
         }
     };
-    let out = plan::deliveries(&fanout.view, &co_members, &frame, &Context::default());
+    let out = plan::deliveries(&fanout.view, &co_members, &frame, &Context::presence());
     match fanout.publish(out).await {
         Ok(()) => metrics::counter!("chat_fanout_presence_relays_total").increment(1),
         Err(e) => tracing::warn!(error = %e, "presence delivery publish failed"),
@@ -95,7 +95,7 @@ pub fn presence_on_join(
             &fanout.view,
             &others,
             &frame,
-            &Context::default(),
+            &Context::presence(),
         ));
     }
     let just_joiner: BTreeSet<UserId> = [joiner.clone()].into();
@@ -105,7 +105,7 @@ pub fn presence_on_join(
                 &fanout.view,
                 &just_joiner,
                 &frame,
-                &Context::default(),
+                &Context::presence(),
             ));
         }
     }
@@ -114,7 +114,10 @@ pub fn presence_on_join(
 
 /// Members of every room of `user` with at most `presence_max_room`
 /// members, without `user`.
-async fn co_members(fanout: &Fanout, user: &UserId) -> Result<BTreeSet<UserId>, HistoryError> {
+pub(crate) async fn co_members(
+    fanout: &Fanout,
+    user: &UserId,
+) -> Result<BTreeSet<UserId>, HistoryError> {
     let mut out = BTreeSet::new();
     for room in fanout.history.user_rooms(user).await? {
         let members = fanout.members.members(&room).await?;

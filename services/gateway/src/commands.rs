@@ -1,5 +1,6 @@
 //! Client requests after authentication: each frame type is handled here and
-//! answered with exactly one frame (its result or an error).
+//! answered with exactly one frame (its result or an error), sometimes with
+//! room positions the writer must start from before that frame.
 
 use chat_core::events::{EventBody, MemberOp};
 use chat_core::names::svc as subjects;
@@ -27,12 +28,29 @@ pub fn request_id(text: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The answer to one request.
+pub struct Answer {
+    pub frame: ServerFrame,
+    /// Rooms whose position the reply tells the client (`rooms.list`, a
+    /// join): the writer starts them there, so no later message is skipped.
+    pub positions: Vec<(RoomId, u64)>,
+}
+
+impl From<ServerFrame> for Answer {
+    fn from(frame: ServerFrame) -> Self {
+        Self {
+            frame,
+            positions: Vec::new(),
+        }
+    }
+}
+
 /// Handles one text frame from an authenticated client.
 #[tracing::instrument(skip_all)]
-pub async fn handle(st: &AppState, user: &UserId, text: &str) -> ServerFrame {
+pub async fn handle(st: &AppState, user: &UserId, text: &str) -> Answer {
     let frame: ClientFrame = match serde_json::from_str(text) {
         Ok(f) => f,
-        Err(e) => return parse_error(text, &e),
+        Err(e) => return parse_error(text, &e).into(),
     };
     let id = match &frame {
         ClientFrame::Send { id, .. } => Some(id.to_string()),
@@ -40,6 +58,7 @@ pub async fn handle(st: &AppState, user: &UserId, text: &str) -> ServerFrame {
         | ClientFrame::RoomJoin { id, .. }
         | ClientFrame::RoomLeave { id, .. }
         | ClientFrame::History { id, .. }
+        | ClientFrame::RoomsList { id, .. }
         | ClientFrame::Ping { id } => id.clone(),
         ClientFrame::Hello { .. } => None,
     };
@@ -47,12 +66,15 @@ pub async fn handle(st: &AppState, user: &UserId, text: &str) -> ServerFrame {
         return GatewayError::BadRequest(format!(
             "id is longer than {MAX_REQUEST_ID_LEN} characters"
         ))
-        .frame(None);
+        .frame(None)
+        .into();
     }
     let result = match frame {
         ClientFrame::Hello { .. } => Err(GatewayError::BadRequest("already authenticated".into())),
-        ClientFrame::Ping { id } => Ok(ServerFrame::Pong { id }),
-        ClientFrame::Send { id, room, text } => send(st, user, id, room, text).await,
+        ClientFrame::Ping { id } => Ok(ServerFrame::Pong { id }.into()),
+        ClientFrame::Send { id, room, text } => {
+            send(st, user, id, room, text).await.map(Into::into)
+        }
         ClientFrame::RoomCreate { id, name } => create(st, user, id, name).await,
         ClientFrame::RoomJoin { id, room } => membership(st, user, id, room, MemberOp::Join).await,
         ClientFrame::RoomLeave { id, room } => {
@@ -64,18 +86,18 @@ pub async fn handle(st: &AppState, user: &UserId, text: &str) -> ServerFrame {
             before,
             after,
             limit,
-        } => history(st, user, id, room, before, after, limit).await,
+        } => history(st, user, id, room, before, after, limit)
+            .await
+            .map(Into::into),
+        ClientFrame::RoomsList { id, after, limit } => rooms_list(st, user, id, after, limit).await,
     };
     result.unwrap_or_else(|e| {
-        if matches!(
-            e,
-            GatewayError::Unexpected(_) | GatewayError::Unavailable(_)
-        ) {
+        if e.is_backend_failure() {
             tracing::warn!(error = %e, "request failed");
         }
         metrics::counter!("chat_gateway_request_errors_total", "code" => e.code().as_str())
             .increment(1);
-        e.frame(id)
+        e.frame(id).into()
     })
 }
 
@@ -93,6 +115,7 @@ fn parse_error(text: &str, e: &serde_json::Error) -> ServerFrame {
         "room.create",
         "room.join",
         "room.leave",
+        "rooms.list",
         "send",
         "history",
         "ping",
@@ -108,7 +131,12 @@ fn parse_error(text: &str, e: &serde_json::Error) -> ServerFrame {
         ),
     };
     metrics::counter!("chat_gateway_request_errors_total", "code" => code.as_str()).increment(1);
-    ServerFrame::Error { id, code, message }
+    ServerFrame::Error {
+        id,
+        code,
+        message,
+        room: None,
+    }
 }
 
 async fn send(
@@ -223,7 +251,7 @@ async fn create(
     user: &UserId,
     id: Option<String>,
     name: String,
-) -> Result<ServerFrame, GatewayError> {
+) -> Result<Answer, GatewayError> {
     let trimmed = name.trim();
     if trimmed.is_empty() || trimmed.chars().count() > MAX_ROOM_NAME {
         return Err(GatewayError::BadRequest(format!(
@@ -241,11 +269,19 @@ async fn create(
         )
         .await?;
     st.registry.set_member(user, &reply.room.id, MemberOp::Join);
-    Ok(ServerFrame::RoomCreated {
-        id,
-        room: reply.room,
-        seq: reply.seq,
+    Ok(Answer {
+        positions: position(&reply.room.id, reply.seq),
+        frame: ServerFrame::RoomCreated {
+            id,
+            room: reply.room,
+            seq: reply.seq,
+        },
     })
+}
+
+/// The position a membership reply tells the client, if any.
+fn position(room: &RoomId, seq: Option<u64>) -> Vec<(RoomId, u64)> {
+    seq.map(|s| vec![(room.clone(), s)]).unwrap_or_default()
 }
 
 async fn membership(
@@ -254,7 +290,12 @@ async fn membership(
     id: Option<String>,
     room: RoomId,
     op: MemberOp,
-) -> Result<ServerFrame, GatewayError> {
+) -> Result<Answer, GatewayError> {
+    // Leaving a room you are not in is `not_member` whether or not it
+    // exists, like every other request on such a room.
+    if op == MemberOp::Leave && !st.registry.is_member(user, &room) {
+        return Err(GatewayError::NotMember(room.to_string()));
+    }
     let subject = match op {
         MemberOp::Join => subjects::HISTORY_ROOM_JOIN,
         MemberOp::Leave => subjects::HISTORY_ROOM_LEAVE,
@@ -271,16 +312,54 @@ async fn membership(
         .await?;
     st.registry.set_member(user, &room, op);
     Ok(match op {
-        MemberOp::Join => ServerFrame::RoomJoined {
-            id,
-            room: reply.room,
-            seq: reply.seq,
+        MemberOp::Join => Answer {
+            positions: position(&room, reply.seq),
+            frame: ServerFrame::RoomJoined {
+                id,
+                room: reply.room,
+                seq: reply.seq,
+            },
         },
         MemberOp::Leave => ServerFrame::RoomLeft {
             id,
             room: reply.room,
             seq: reply.seq,
-        },
+        }
+        .into(),
+    })
+}
+
+/// `rooms.list`: a page of the caller's rooms by id with their heads; the
+/// writer starts each at its head, as for `welcome`.
+async fn rooms_list(
+    st: &AppState,
+    user: &UserId,
+    id: Option<String>,
+    after: Option<RoomId>,
+    limit: Option<u32>,
+) -> Result<Answer, GatewayError> {
+    let max = st.config.welcome_rooms;
+    let limit = match limit {
+        None => max,
+        Some(l) if l >= 1 && (l as usize) <= max => l as usize,
+        Some(_) => {
+            return Err(GatewayError::BadRequest(format!(
+                "limit must be 1 to {max}"
+            )));
+        }
+    };
+    let (page, more) = st.registry.rooms_page(user, after.as_ref(), limit);
+    let heads = crate::start::read_heads(st, &page).await?;
+    let rooms = heads
+        .iter()
+        .map(|(id, seq)| chat_core::wire::RoomHead {
+            id: id.clone(),
+            seq: *seq,
+        })
+        .collect();
+    Ok(Answer {
+        positions: heads,
+        frame: ServerFrame::Rooms { id, rooms, more },
     })
 }
 

@@ -33,6 +33,10 @@ pub struct Limits {
     /// pushes per room; beyond it the client gets `complete: false` and
     /// pages history itself.
     pub resume_max: u64,
+    /// `CHAT_GATEWAY_MAX_CONNECTIONS_PER_USER` (16): sessions one account
+    /// may hold on this gateway; one more is refused with `limit_reached`
+    /// and closed with 4008. Each gateway counts its own.
+    pub max_connections_per_user: usize,
     /// `CHAT_GATEWAY_READ_BUFFER_BYTES` (4096, at least 256): the WebSocket
     /// read buffer each connection allocates. The library default (128 KiB)
     /// made an idle connection cost about 160 KiB; larger frames still
@@ -95,6 +99,10 @@ pub struct Config {
     /// When empty, only the public URL's origin is allowed. Requests without
     /// `Origin` (non-browser clients) are always allowed.
     pub allowed_origins: Vec<String>,
+    /// `CHAT_GATEWAY_WELCOME_ROOMS` (200, 1..=1000): rooms `welcome` lists
+    /// (by id, with their heads), and the largest `rooms.list` page. Each
+    /// costs one read of the room stream when a session starts.
+    pub welcome_rooms: usize,
     /// `CHAT_GATEWAY_HEARTBEAT_MS` (10000): presence heartbeat interval; must
     /// be well below the presence TTL.
     pub heartbeat: Duration,
@@ -152,6 +160,11 @@ impl Config {
             auth_timeout: s.millis("CHAT_GATEWAY_AUTH_TIMEOUT_MS", Duration::from_secs(10))?,
             idle_timeout: s.millis("CHAT_GATEWAY_IDLE_TIMEOUT_MS", Duration::from_secs(60))?,
             resume_max: s.at_least("CHAT_GATEWAY_RESUME_MAX", 1000u64, 1)?,
+            max_connections_per_user: s.at_least(
+                "CHAT_GATEWAY_MAX_CONNECTIONS_PER_USER",
+                16usize,
+                1,
+            )?,
             read_buffer_bytes: s.at_least("CHAT_GATEWAY_READ_BUFFER_BYTES", 4096usize, 256)?,
             write_buffer_bytes: s.at_least("CHAT_GATEWAY_WRITE_BUFFER_BYTES", 8192usize, 0)?,
         };
@@ -182,6 +195,7 @@ impl Config {
                 .raw("CHAT_GATEWAY_AUTH_UPSTREAM")
                 .map(|u| u.trim_end_matches('/').to_string()),
             allowed_origins,
+            welcome_rooms: welcome_rooms(&s)?,
             heartbeat: s.millis("CHAT_GATEWAY_HEARTBEAT_MS", Duration::from_secs(10))?,
             request_timeout: s.millis("CHAT_GATEWAY_REQUEST_TIMEOUT_MS", Duration::from_secs(5))?,
             shutdown_grace: s.millis("CHAT_GATEWAY_SHUTDOWN_GRACE_MS", Duration::from_secs(10))?,
@@ -189,6 +203,18 @@ impl Config {
             common: Common::from_settings(&s)?,
         })
     }
+}
+
+fn welcome_rooms(s: &Settings<'_>) -> Result<usize, ConfigError> {
+    let n = s.at_least("CHAT_GATEWAY_WELCOME_ROOMS", 200usize, 1)?;
+    if n > 1000 {
+        return Err(ConfigError::Invalid {
+            key: "CHAT_GATEWAY_WELCOME_ROOMS".into(),
+            value: n.to_string(),
+            reason: "must be at most 1000".into(),
+        });
+    }
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -224,6 +250,9 @@ mod tests {
             ),
             ("CHAT_GATEWAY_ADMIN_LISTEN", "nowhere"),
             ("CHAT_GATEWAY_HEADER_TIMEOUT_MS", "0"),
+            ("CHAT_GATEWAY_WELCOME_ROOMS", "1001"),
+            ("CHAT_GATEWAY_WELCOME_ROOMS", "0"),
+            ("CHAT_GATEWAY_MAX_CONNECTIONS_PER_USER", "0"),
         ] {
             let err = Config::from_source(&MapSource::new().with(key, value))
                 .err()

@@ -38,17 +38,78 @@ impl GatewayError {
         }
     }
 
+    /// A backend (NATS, history, the stream) failed, not the request:
+    /// worth a log line, and its details are not the client's business.
+    pub fn is_backend_failure(&self) -> bool {
+        match self {
+            GatewayError::Unexpected(_) | GatewayError::Unavailable(_) => true,
+            GatewayError::Service(e) => {
+                matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal)
+            }
+            _ => false,
+        }
+    }
+
+    /// The one mapping of a failure to what the client reads: human text
+    /// for its own mistakes, a fixed sentence for backend failures (their
+    /// details stay in the logs).
+    pub fn client_message(&self) -> String {
+        match self {
+            GatewayError::Unexpected(_) => "internal error; retry".to_string(),
+            GatewayError::Service(e) if e.code == ErrorCode::Internal => {
+                "internal error; retry".to_string()
+            }
+            _ if self.is_backend_failure() => {
+                "a backend is unavailable; retry (a send with the same id)".to_string()
+            }
+            other => other.to_string(),
+        }
+    }
+
     /// The error frame for this failure, answering request `id`.
     pub fn frame(&self, id: Option<String>) -> ServerFrame {
-        let message = match self {
-            // Internal details stay in the logs.
-            GatewayError::Unexpected(_) => "internal error".to_string(),
-            other => other.to_string(),
-        };
         ServerFrame::Error {
             id,
             code: self.code(),
-            message,
+            message: self.client_message(),
+            room: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_messages_are_human_text_without_rust_names_or_internals() {
+        let cases = [
+            GatewayError::Service(SvcError::new(ErrorCode::NotFound, "room r1 not found")),
+            GatewayError::Service(SvcError::new(
+                ErrorCode::NotMember,
+                "u1 is not a member of r1",
+            )),
+            GatewayError::Unavailable("svc.history.page: no reply in time".into()),
+            GatewayError::Service(SvcError::new(
+                ErrorCode::Unavailable,
+                "history store unavailable: disk I/O error",
+            )),
+            GatewayError::Unexpected(anyhow::anyhow!("NatsError::Timeout")),
+        ];
+        for e in cases {
+            let m = e.client_message();
+            for leak in [
+                "NotFound",
+                "NotMember",
+                "svc.",
+                "Error::",
+                "disk",
+                "Timeout",
+            ] {
+                assert!(!m.contains(leak), "{m:?} leaks {leak:?}");
+            }
+        }
+        let e = GatewayError::Service(SvcError::new(ErrorCode::NotFound, "room r1 not found"));
+        assert_eq!(e.client_message(), "room r1 not found");
     }
 }

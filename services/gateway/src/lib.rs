@@ -8,6 +8,8 @@ pub mod auth_proxy;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod fill;
+pub mod hello;
 pub mod http_routes;
 pub mod ordering;
 pub mod origin;
@@ -15,7 +17,9 @@ pub mod presence;
 pub mod queue;
 pub mod registry;
 pub mod session;
+pub mod start;
 pub mod state;
+pub mod upgrade;
 pub mod writer;
 
 use std::sync::Arc;
@@ -73,7 +77,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> an
     let st = AppState::new(state::State {
         config: config.clone(),
         nats: nats.clone(),
-        log: RoomLog::new(js, stream),
+        log: RoomLog::new(js, stream).with_tail_cache(config.common.room_tail_cache),
         verifier: Arc::new(verifier),
         registry: registry::Registry::default(),
         presence: presence::PresenceReporter::new(nats.clone(), gw.clone()),
@@ -104,9 +108,11 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> an
     let registry = st.registry.clone();
     let delivery_task = tokio::spawn(async move {
         while let Some(msg) = deliveries.next().await {
-            match serde_json::from_slice::<Delivery>(&msg.payload) {
-                Ok(d) => {
-                    let n = registry.deliver(d);
+            let delivered = serde_json::from_slice::<Delivery>(&msg.payload)
+                .map_err(|e| e.to_string())
+                .and_then(|d| registry.deliver(&d).map_err(str::to_string));
+            match delivered {
+                Ok(n) => {
                     metrics::counter!("chat_gateway_deliveries_total").increment(1);
                     metrics::counter!("chat_gateway_delivered_frames_total").increment(n as u64);
                 }

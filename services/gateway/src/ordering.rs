@@ -56,6 +56,12 @@ impl Cursors {
         self.last.insert(room.clone(), seq);
     }
 
+    /// Starts `room` at `seq` unless it already has a position (the client
+    /// was told `seq`; a message written since is newer).
+    pub fn start(&mut self, room: &RoomId, seq: u64) {
+        self.last.entry(room.clone()).or_insert(seq);
+    }
+
     /// Every room's position (what a client would resume from).
     pub fn positions(&self) -> std::collections::BTreeMap<RoomId, u64> {
         self.last.iter().map(|(r, s)| (r.clone(), *s)).collect()
@@ -105,6 +111,22 @@ mod tests {
         c.advance(&r(), 8);
         assert_eq!(c.step(&r(), 8), Step::Duplicate);
         assert_eq!(c.step(&r(), 3), Step::Duplicate);
+    }
+
+    #[test]
+    fn a_position_told_to_the_client_never_moves_a_room_back() {
+        let mut c = Cursors::default();
+        c.start(&r(), 5);
+        assert_eq!(
+            c.step(&r(), 7),
+            Step::Gap {
+                after: 5,
+                before: 7
+            }
+        );
+        c.advance(&r(), 7);
+        c.start(&r(), 5);
+        assert_eq!(c.last(&r()), Some(7), "already past it");
     }
 
     #[test]

@@ -1,14 +1,14 @@
 //! Who is connected to this gateway: user → sessions (each with its bounded
-//! outbound queue) and the rooms the user belongs to. Deliveries and
+//! outbound queue) and the rooms the user belongs to. Deliveries, heads and
 //! presence reports go through here.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use axum::extract::ws::Utf8Bytes;
-use chat_core::events::{Delivery, MemberOp};
+use chat_core::events::{Delivery, MemberOp, Routed};
 use chat_core::{RoomId, UserId};
 use tokio_util::sync::CancellationToken;
+use tungstenite::Utf8Bytes;
 
 /// Identifies one connection within this process.
 pub type SessionId = u64;
@@ -32,11 +32,13 @@ pub enum Out {
         seq: u64,
         frame: Utf8Bytes,
     },
-    /// Send what the client missed in `room` after `after`, then `resumed`.
-    Resume { room: RoomId, after: u64 },
     /// Fanout delivered up to `seq` of `room`: fill anything the session
     /// has not written yet (a lost delivery of the room's last messages).
     Head { room: RoomId, seq: u64 },
+    /// The client was told these rooms' positions (a `rooms.list` page, a
+    /// join): every later message must reach it, so rooms the session has
+    /// no position for yet start there.
+    Positions(Vec<(RoomId, u64)>),
 }
 
 /// The part of a session other tasks may touch.
@@ -69,7 +71,7 @@ impl SessionHandle {
     }
 
     /// Queues writer work; on a full queue the session is closed as a slow
-    /// consumer.
+    /// consumer. Every kind of work goes through here: one policy.
     pub fn push_out(&self, out: Out) -> bool {
         match self.tx.try_send(out) {
             Ok(()) => true,
@@ -89,8 +91,14 @@ impl SessionHandle {
 #[derive(Default)]
 struct UserEntry {
     sessions: HashMap<SessionId, SessionHandle>,
-    rooms: HashSet<RoomId>,
+    /// Ordered, so `rooms.list` pages by id.
+    rooms: BTreeSet<RoomId>,
 }
+
+/// Why a session was not added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("this account already has {0} connections to this gateway")]
+pub struct TooManySessions(pub usize);
 
 /// Connected users of this gateway.
 #[derive(Clone, Default)]
@@ -106,25 +114,31 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Registry {
-    /// Adds a session, queuing `welcome` as its first frame; returns true
-    /// when it is the user's first session on this gateway. The frame is
-    /// queued under the registry's lock, before the session becomes visible
-    /// to deliveries, so nothing can be queued ahead of it.
+    /// Adds a session unless the user already has `max_sessions` here;
+    /// returns true when it is the user's first session on this gateway.
+    /// From now on deliveries reach it.
     pub fn add(
         &self,
         user: &UserId,
         id: SessionId,
         handle: SessionHandle,
         rooms: Vec<RoomId>,
-        welcome: Utf8Bytes,
-    ) -> bool {
+        max_sessions: usize,
+    ) -> Result<bool, TooManySessions> {
         let mut map = lock(&self.inner);
-        handle.push(welcome);
         let entry = map.entry(user.clone()).or_default();
+        if entry.sessions.len() >= max_sessions {
+            return Err(TooManySessions(entry.sessions.len()));
+        }
         let first = entry.sessions.is_empty();
         entry.sessions.insert(id, handle);
         entry.rooms.extend(rooms);
-        first
+        Ok(first)
+    }
+
+    /// Sessions `user` has on this gateway now.
+    pub fn sessions_of(&self, user: &UserId) -> usize {
+        lock(&self.inner).get(user).map_or(0, |e| e.sessions.len())
     }
 
     /// Removes a session; returns true when it was the user's last.
@@ -147,6 +161,29 @@ impl Registry {
         lock(&self.inner)
             .get(user)
             .is_some_and(|e| e.rooms.contains(room))
+    }
+
+    /// Up to `limit` of `user`'s rooms after `after` (by id), and whether
+    /// more follow.
+    pub fn rooms_page(
+        &self,
+        user: &UserId,
+        after: Option<&RoomId>,
+        limit: usize,
+    ) -> (Vec<RoomId>, bool) {
+        let map = lock(&self.inner);
+        let Some(e) = map.get(user) else {
+            return (Vec::new(), false);
+        };
+        let mut it: Box<dyn Iterator<Item = &RoomId>> = match after {
+            Some(a) => Box::new(
+                e.rooms
+                    .range::<RoomId, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            ),
+            None => Box::new(e.rooms.iter()),
+        };
+        let page: Vec<RoomId> = it.by_ref().take(limit).cloned().collect();
+        (page, it.next().is_some())
     }
 
     /// Records a membership change of a connected user.
@@ -181,80 +218,64 @@ impl Registry {
         lock(&self.inner).values().map(|e| e.sessions.len()).sum()
     }
 
+    fn sessions_of_users<'a>(&self, users: impl Iterator<Item = &'a UserId>) -> Vec<SessionHandle> {
+        let map = lock(&self.inner);
+        users
+            .filter_map(|u| map.get(u))
+            .flat_map(|e| e.sessions.values().cloned())
+            .collect()
+    }
+
     /// Passes a head to every session of its users (fanout computed them
     /// from the room's members, as for a delivery; the session's own room
-    /// list may predate a recent join). A full queue is left alone: it
-    /// already has work that will show any gap.
+    /// list may predate a recent join). Like any work, a head that finds a
+    /// full queue closes that session as a slow consumer. Returns the
+    /// number of sessions it reached.
     pub fn head(&self, h: &chat_core::events::Head) -> usize {
-        let targets: Vec<SessionHandle> = {
-            let map = lock(&self.inner);
-            h.users
-                .iter()
-                .filter_map(|u| map.get(u))
-                .flat_map(|e| e.sessions.values().cloned())
-                .collect()
-        };
-        targets
+        self.sessions_of_users(h.users.iter())
             .into_iter()
             .filter(|s| {
-                s.tx.try_send(Out::Head {
+                s.push_out(Out::Head {
                     room: h.room.clone(),
                     seq: h.seq,
                 })
-                .is_ok()
             })
             .count()
     }
 
-    /// Writes a delivery's frame to every session of its users. The frame is
-    /// shared, not copied, per session. Returns the number of frames queued.
-    pub fn deliver(&self, d: Delivery) -> usize {
-        let frame = Utf8Bytes::from(d.frame);
-        // Messages are ordered per session; membership and presence frames
-        // carry no number of their own and pass as they come.
-        let msg = match (&d.room, d.seq, &d.membership) {
-            (Some(room), Some(seq), None) => Some((room.clone(), seq)),
-            _ => None,
-        };
-        let mut targets = Vec::new();
-        {
-            let mut map = lock(&self.inner);
-            for user in &d.users {
-                let Some(entry) = map.get_mut(user) else {
-                    continue;
-                };
-                if let Some(m) = &d.membership
-                    && &m.user == user
-                {
-                    match m.op {
-                        MemberOp::Join => {
-                            entry.rooms.insert(m.room.clone());
-                        }
-                        MemberOp::Leave => {
-                            entry.rooms.remove(&m.room);
-                        }
-                    }
-                }
-                targets.extend(entry.sessions.values().cloned());
-            }
+    /// Writes a delivery's frame to every session of its users, as its kind
+    /// says. The frame is shared, not copied, per session. Returns the
+    /// number of frames queued; a delivery whose fields do not match its
+    /// kind is refused.
+    pub fn deliver(&self, d: &Delivery) -> Result<usize, &'static str> {
+        let routed = d.routed()?;
+        if let Routed::Member { change } = routed {
+            self.set_member(&change.user, &change.room, change.op);
         }
+        let frame = Utf8Bytes::from(d.frame.clone());
         // Push outside the lock: closing a slow session must not block others.
-        targets
+        let queued = self
+            .sessions_of_users(d.users.iter())
             .into_iter()
-            .filter(|s| match &msg {
-                Some((room, seq)) => s.push_out(Out::Msg {
+            .filter(|s| match routed {
+                // Messages are ordered per session; membership and presence
+                // frames carry no number of their own and pass as they come.
+                Routed::Msg { room, seq } => s.push_out(Out::Msg {
                     room: room.clone(),
-                    seq: *seq,
+                    seq,
                     frame: frame.clone(),
                 }),
-                None => s.push(frame.clone()),
+                Routed::Member { .. } | Routed::Presence => s.push(frame.clone()),
             })
-            .count()
+            .count();
+        Ok(queued)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use chat_core::events::{DeliveryKind, Head};
+
     use super::*;
 
     fn handle(depth: usize) -> (SessionHandle, crate::queue::Receiver<Out>) {
@@ -267,32 +288,82 @@ mod tests {
         (h, rx)
     }
 
-    fn text(out: Option<Out>) -> String {
-        match out {
-            Some(Out::Frame(f) | Out::Msg { frame: f, .. }) => f.as_str().to_string(),
-            _ => String::new(),
-        }
+    fn ids(s: &str) -> (UserId, RoomId) {
+        (
+            UserId::parse(s).expect("user"),
+            RoomId::parse(format!("r{s}")).expect("room"),
+        )
     }
 
     #[test]
-    fn a_sessions_welcome_is_queued_before_any_delivery_can_reach_it() {
+    fn a_user_gets_at_most_the_configured_sessions() {
         let reg = Registry::default();
-        let (user, room) = (
-            UserId::parse("bob").expect("user"),
-            RoomId::parse("r1").expect("room"),
+        let (user, room) = ids("a");
+        for id in 0..2 {
+            let (h, _rx) = handle(4);
+            assert_eq!(reg.add(&user, id, h, vec![room.clone()], 2), Ok(id == 0));
+        }
+        let (h, _rx) = handle(4);
+        assert_eq!(reg.add(&user, 9, h, vec![], 2), Err(TooManySessions(2)));
+        assert!(!reg.remove(&user, 0), "session 1 is still there");
+        let (h, _rx) = handle(4);
+        assert!(
+            reg.add(&user, 9, h, vec![], 2).is_ok(),
+            "a freed place is reusable"
         );
-        let (h, mut rx) = handle(8);
-        assert!(reg.add(&user, 1, h, vec![room.clone()], Utf8Bytes::from("welcome")));
-        let queued = reg.deliver(Delivery {
-            v: chat_core::SCHEMA_VERSION,
+    }
+
+    #[test]
+    fn a_head_that_finds_a_full_queue_closes_the_session_like_any_work() {
+        let reg = Registry::default();
+        let (user, room) = ids("b");
+        let (h, _rx) = handle(1);
+        let kill = h.kill.clone();
+        reg.add(&user, 1, h, vec![room.clone()], 4).expect("added");
+        let head = Head {
+            room,
+            seq: 3,
             users: vec![user],
+        };
+        assert_eq!(reg.head(&head), 1);
+        assert_eq!(reg.head(&head), 0, "queue full");
+        assert!(kill.is_cancelled(), "closed as a slow consumer");
+    }
+
+    #[test]
+    fn rooms_are_paged_by_id() {
+        let reg = Registry::default();
+        let user = UserId::parse("c").expect("user");
+        let rooms: Vec<RoomId> = ["r3", "r1", "r2"]
+            .iter()
+            .map(|r| RoomId::parse(*r).expect("room"))
+            .collect();
+        let (h, _rx) = handle(4);
+        reg.add(&user, 1, h, rooms.clone(), 4).expect("added");
+        let (first, more) = reg.rooms_page(&user, None, 2);
+        assert_eq!((first.len(), more), (2, true));
+        assert_eq!(first[0].as_str(), "r1");
+        let (rest, more) = reg.rooms_page(&user, first.last(), 2);
+        assert_eq!(rest.iter().map(RoomId::as_str).collect::<Vec<_>>(), ["r3"]);
+        assert!(!more);
+    }
+
+    #[test]
+    fn a_delivery_whose_fields_do_not_match_its_kind_is_refused() {
+        let reg = Registry::default();
+        let (user, room) = ids("d");
+        let (h, mut rx) = handle(8);
+        reg.add(&user, 1, h, vec![room.clone()], 4).expect("added");
+        let d = Delivery {
+            v: 1,
+            kind: DeliveryKind::Presence,
+            users: vec![user],
+            frame: "{}".into(),
             room: Some(room),
             seq: Some(1),
             membership: None,
-            frame: "event".into(),
-        });
-        assert_eq!(queued, 1);
-        assert_eq!(text(rx.try_recv()), "welcome");
-        assert_eq!(text(rx.try_recv()), "event");
+        };
+        assert!(reg.deliver(&d).is_err());
+        assert!(rx.try_recv().is_none(), "nothing queued");
     }
 }

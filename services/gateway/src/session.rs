@@ -1,24 +1,29 @@
-//! One WebSocket session: authenticate, then a reader loop (this task) and a
-//! writer task that owns the socket's sink and drains a bounded queue. When
-//! either ends, the other is stopped; every server-initiated close carries a
-//! documented code and reason.
+//! One WebSocket session: `hello` (`hello.rs`), setting up (`start.rs`),
+//! then a reader loop (this task) and a writer task (`writer.rs`) that
+//! owns the socket's sink and drains a bounded queue. When either ends, the
+//! other is stopped; every server-initiated close carries a documented code
+//! and reason, and the socket lingers after it (`upgrade::linger`).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use chat_core::UserId;
-use chat_core::svc::ErrorCode;
-use chat_core::wire::{ClientFrame, PROTOCOL_VERSION, ServerFrame, close};
+use chat_core::names::svc as subjects;
+use chat_core::svc::{self, ErrorCode};
+use chat_core::wire::{ServerFrame, close};
+use chat_core::{SCHEMA_VERSION, UserId};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Message, Utf8Bytes};
 
-use crate::registry::{Out, SessionHandle};
+use crate::hello::Refusal;
+use crate::registry::SessionHandle;
 use crate::state::AppState;
+use crate::upgrade::{Socket, linger};
 
 /// Token bucket: `rate` frames per second, at most `burst` at once.
 pub struct RateLimiter {
@@ -64,101 +69,133 @@ pub fn encode(frame: &ServerFrame) -> Utf8Bytes {
     }
 }
 
-enum Incoming {
+/// What the next client frame was.
+pub enum Incoming {
     Text(Utf8Bytes),
     Binary,
-    TooBig,
+    /// The client broke the WebSocket protocol: close with `code`.
+    Violation {
+        code: u16,
+        reason: String,
+    },
     Closed,
 }
 
-async fn next_frame(stream: &mut SplitStream<WebSocket>) -> Incoming {
+/// The next data frame (pings and pongs are answered by the library).
+pub async fn next_frame(stream: &mut SplitStream<Socket>) -> Incoming {
     loop {
         match stream.next().await {
             Some(Ok(Message::Text(t))) => return Incoming::Text(t),
             Some(Ok(Message::Binary(_))) => return Incoming::Binary,
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
             Some(Ok(Message::Close(_))) | None => return Incoming::Closed,
-            Some(Err(e)) => {
-                let too_big = e
-                    .into_inner()
-                    .downcast::<tungstenite::Error>()
-                    .is_ok_and(|t| matches!(*t, tungstenite::Error::Capacity(_)));
-                return if too_big {
-                    Incoming::TooBig
-                } else {
-                    Incoming::Closed
-                };
+            Some(Err(e)) => return violation(e),
+        }
+    }
+}
+
+/// RFC 6455 §7.4.1: 1009 for too big, 1007 for a text frame that is not
+/// UTF-8, 1002 for any other protocol violation; a dropped socket is just
+/// closed.
+fn violation(e: tungstenite::Error) -> Incoming {
+    use tungstenite::error::ProtocolError;
+    match e {
+        tungstenite::Error::Capacity(c) => {
+            metrics::counter!("chat_gateway_frames_too_big_total").increment(1);
+            Incoming::Violation {
+                code: close::TOO_BIG,
+                reason: format!("frame too large: {c}"),
             }
         }
+        tungstenite::Error::Utf8(_) => Incoming::Violation {
+            code: close::INVALID_PAYLOAD,
+            reason: "text frame is not valid UTF-8".into(),
+        },
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            Incoming::Closed
+        }
+        tungstenite::Error::Protocol(p) => {
+            metrics::counter!("chat_gateway_protocol_errors_total").increment(1);
+            Incoming::Violation {
+                code: close::PROTOCOL_ERROR,
+                reason: format!("protocol error: {p}"),
+            }
+        }
+        _ => Incoming::Closed,
     }
 }
 
 /// Runs one session to its end. `_slot` holds the socket's place under the
 /// connection limit.
-pub async fn run(st: AppState, socket: WebSocket, _slot: Option<OwnedSemaphorePermit>) {
+pub async fn run(st: AppState, socket: Socket, _slot: Option<OwnedSemaphorePermit>) {
     metrics::gauge!("chat_gateway_connections").increment(1.0);
     let session_id = st.next_session.fetch_add(1, Ordering::Relaxed);
-    let (mut sink, mut stream) = socket.split();
+    let (sink, mut stream) = socket.split();
 
     // Every step that awaits another service is boxed: an async fn's state
     // is as large as its largest await point, and an idle session should
     // hold only what it needs while it waits for the next frame.
-    let (user, resume) = match Box::pin(authenticate(&st, &mut stream)).await {
-        Ok(ok) => ok,
-        Err((code, reason, error_frame)) => {
-            if let Some(f) = error_frame {
-                let _sent = sink.send(Message::Text(encode(&f))).await;
-            }
-            Box::pin(close_sink(&mut sink, code, &reason)).await;
+    let hello = match Box::pin(crate::hello::authenticate(&st, &mut stream)).await {
+        Ok(h) => h,
+        Err(refusal) => {
+            Box::pin(refuse(sink, stream, refusal)).await;
             metrics::gauge!("chat_gateway_connections").decrement(1.0);
             return;
         }
     };
+    let user = hello.user;
     let span = tracing::info_span!("session", session = session_id, user = %user);
     async move {
-        let rooms = match Box::pin(st.rooms_of(&user)).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot load rooms");
-                Box::pin(close_sink(
-                    &mut sink,
-                    close::INTERNAL,
-                    "backend unavailable, retry",
-                ))
-                .await;
-                return;
-            }
-        };
+        let cap = st.config.limits.max_connections_per_user;
+        if st.registry.sessions_of(&user) >= cap {
+            Box::pin(refuse(sink, stream, too_many(cap))).await;
+            return;
+        }
+        let (rooms, mut start) =
+            match Box::pin(crate::start::prepare(&st, &user, hello.resume)).await {
+                Ok(ok) => ok,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot set the session up");
+                    let refusal = Refusal::with_error(
+                        close::INTERNAL,
+                        e.code(),
+                        "backend unavailable, retry".into(),
+                    );
+                    Box::pin(refuse(sink, stream, refusal)).await;
+                    return;
+                }
+            };
         let (tx, rx) = crate::queue::bounded(st.config.limits.queue_depth);
         let handle = SessionHandle {
             tx,
             kill: CancellationToken::new(),
             close_reason: Arc::new(Mutex::new(None)),
         };
-        let welcome = encode(&ServerFrame::Welcome {
-            v: PROTOCOL_VERSION,
-            user: user.clone(),
-            gateway: st.config.gateway_id.clone(),
-            rooms: rooms.clone(),
-            limits: st.config.limits.wire(),
-        });
-        // The registry queues `welcome` before deliveries can see the
-        // session: it is always the first frame.
-        if st
+        // From here on deliveries reach the session's queue; the writer
+        // writes `welcome` before any of them.
+        match st
             .registry
-            .add(&user, session_id, handle.clone(), rooms, welcome)
+            .add(&user, session_id, handle.clone(), rooms, cap)
         {
-            Box::pin(st.presence.connect(&user)).await;
+            Ok(true) => Box::pin(st.presence.connect(&user)).await,
+            Ok(false) => {}
+            Err(_) => {
+                Box::pin(refuse(sink, stream, too_many(cap))).await;
+                return;
+            }
         }
+        let (snapshot_tx, snapshot_rx) = oneshot::channel();
+        start.presence = Some(snapshot_rx);
+        tokio::spawn(presence_snapshot(st.clone(), user.clone(), snapshot_tx));
         let writer = tokio::spawn(crate::writer::run(
             st.clone(),
             sink,
             rx,
             handle.kill.clone(),
             handle.close_reason.clone(),
+            start,
         ));
         tracing::debug!("session authenticated");
-        resume_rooms(&st, &user, &handle, resume);
 
         read_loop(&st, &user, &handle, &mut stream).await;
 
@@ -166,11 +203,14 @@ pub async fn run(st: AppState, socket: WebSocket, _slot: Option<OwnedSemaphorePe
             Box::pin(st.presence.disconnect(&user)).await;
         }
         handle.kill.cancel();
-        if Box::pin(tokio::time::timeout(Duration::from_secs(5), writer))
-            .await
-            .is_err()
-        {
-            tracing::warn!("writer did not finish within 5s");
+        match Box::pin(tokio::time::timeout(Duration::from_secs(5), writer)).await {
+            Ok(Ok(sink)) => {
+                if let Ok(mut socket) = stream.reunite(sink) {
+                    Box::pin(linger(&mut socket)).await;
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "writer task failed"),
+            Err(_) => tracing::warn!("writer did not finish within 5s"),
         }
         tracing::debug!("session ended");
     }
@@ -179,96 +219,45 @@ pub async fn run(st: AppState, socket: WebSocket, _slot: Option<OwnedSemaphorePe
     metrics::gauge!("chat_gateway_connections").decrement(1.0);
 }
 
-type AuthFailure = (u16, String, Option<ServerFrame>);
+fn too_many(cap: usize) -> Refusal {
+    metrics::counter!("chat_gateway_connections_per_user_rejected_total").increment(1);
+    Refusal::with_error(
+        close::TOO_MANY_CONNECTIONS,
+        ErrorCode::LimitReached,
+        format!("this account already has {cap} connections to this gateway"),
+    )
+}
 
-/// Most rooms one `hello` may resume.
-pub const MAX_RESUME_ROOMS: usize = 1000;
-
-/// Asks the writer to catch the client up in each room it names.
-fn resume_rooms(st: &AppState, user: &UserId, handle: &SessionHandle, resume: Option<Resume>) {
-    for (i, (room, after)) in resume.into_iter().flatten().enumerate() {
-        let refused = if i >= MAX_RESUME_ROOMS {
-            Some((
-                ErrorCode::BadRequest,
-                format!("cannot resume {room}: more than {MAX_RESUME_ROOMS} rooms"),
-            ))
-        } else if !st.registry.is_member(user, &room) {
-            Some((
-                ErrorCode::NotMember,
-                format!("cannot resume {room}: not a member"),
-            ))
-        } else {
-            None
-        };
-        let ok = match refused {
-            Some((code, message)) => handle.push(encode(&ServerFrame::Error {
-                id: None,
-                code,
-                message,
-            })),
-            None => handle.push_out(Out::Resume { room, after }),
-        };
-        if !ok {
-            return;
-        }
+/// Ends a session that never started: its error frame, the close, and
+/// lingering on the socket.
+async fn refuse(mut sink: SplitSink<Socket, Message>, stream: SplitStream<Socket>, r: Refusal) {
+    if let Some(f) = r.frame.as_deref() {
+        let _sent = sink.send(Message::Text(encode(f))).await;
+    }
+    close_sink(&mut sink, r.code, &r.reason).await;
+    if let Ok(mut socket) = stream.reunite(sink) {
+        linger(&mut socket).await;
     }
 }
 
-type Resume = std::collections::BTreeMap<chat_core::RoomId, u64>;
-
-async fn authenticate(
-    st: &AppState,
-    stream: &mut SplitStream<WebSocket>,
-) -> Result<(UserId, Option<Resume>), AuthFailure> {
-    let limits = &st.config.limits;
-    let first = match tokio::time::timeout(limits.auth_timeout, next_frame(stream)).await {
-        Err(_) => {
-            return Err((
-                close::AUTH_TIMEOUT,
-                "no hello within the authentication timeout".into(),
-                None,
-            ));
-        }
-        Ok(Incoming::Text(t)) => t,
-        Ok(Incoming::TooBig) => return Err((close::TOO_BIG, "frame too large".into(), None)),
-        Ok(Incoming::Binary) => {
-            return Err((
-                close::UNSUPPORTED_DATA,
-                "binary frames are not supported".into(),
-                None,
-            ));
-        }
-        Ok(Incoming::Closed) => return Err((1000, String::new(), None)),
+/// Asks fanout which co-members are online and hands the
+/// `presence.snapshot` frame to the writer (which waits only briefly).
+async fn presence_snapshot(st: AppState, user: UserId, tx: oneshot::Sender<Utf8Bytes>) {
+    let query = svc::PresenceSnapshotQuery {
+        v: SCHEMA_VERSION,
+        user,
     };
-    let unauthorized = |message: String| {
-        (
-            close::UNAUTHORIZED,
-            message.clone(),
-            Some(ServerFrame::Error {
-                id: None,
-                code: ErrorCode::Unauthorized,
-                message,
-            }),
-        )
-    };
-    let (v, token, resume) = match serde_json::from_str::<ClientFrame>(&first) {
-        Ok(ClientFrame::Hello { v, token, resume }) => (v, token, resume),
-        Ok(_) => return Err(unauthorized("the first frame must be hello".into())),
-        Err(e) => return Err(unauthorized(format!("the first frame must be hello: {e}"))),
-    };
-    if v != PROTOCOL_VERSION {
-        return Err((
-            close::UNSUPPORTED_VERSION,
-            format!("protocol version {v} is not supported; use {PROTOCOL_VERSION}"),
-            None,
-        ));
-    }
-    match st.verifier.verify(&token).await {
-        Ok(claims) => Ok((claims.user, resume)),
-        Err(e) => {
-            metrics::counter!("chat_gateway_auth_failures_total").increment(1);
-            Err(unauthorized(format!("invalid token: {e}")))
+    match st
+        .request::<_, svc::PresenceSnapshot>(subjects::FANOUT_PRESENCE_SNAPSHOT, &query)
+        .await
+    {
+        Ok(s) => {
+            let _taken = tx.send(encode(&ServerFrame::PresenceSnapshot {
+                online: s.online,
+                more: s.more,
+            }));
         }
+        Err(e) => tracing::debug!(error = %e, "no presence snapshot"),
     }
 }
 
@@ -276,7 +265,7 @@ async fn read_loop(
     st: &AppState,
     user: &UserId,
     handle: &SessionHandle,
-    stream: &mut SplitStream<WebSocket>,
+    stream: &mut SplitStream<Socket>,
 ) {
     let limits = &st.config.limits;
     let mut rate = RateLimiter::new(limits.rate_per_sec, limits.rate_burst);
@@ -298,12 +287,8 @@ async fn read_loop(
                 handle.close(close::UNSUPPORTED_DATA, "binary frames are not supported");
                 return;
             }
-            Ok(Incoming::TooBig) => {
-                metrics::counter!("chat_gateway_frames_too_big_total").increment(1);
-                handle.close(
-                    close::TOO_BIG,
-                    &format!("frame larger than {} bytes", limits.max_frame_bytes),
-                );
+            Ok(Incoming::Violation { code, reason }) => {
+                handle.close(code, &reason);
                 return;
             }
             Ok(Incoming::Closed) => return,
@@ -319,19 +304,27 @@ async fn read_loop(
                     "more than {} frames/s (burst {}); frame dropped, retry later",
                     limits.rate_per_sec, limits.rate_burst
                 ),
+                room: None,
             }));
             continue;
         }
-        let reply = Box::pin(crate::commands::handle(st, user, &text)).await;
-        if !handle.push(encode(&reply)) {
+        let answer = Box::pin(crate::commands::handle(st, user, &text)).await;
+        if !answer.positions.is_empty()
+            && !handle.push_out(crate::registry::Out::Positions(answer.positions))
+        {
+            return;
+        }
+        if !handle.push(encode(&answer.frame)) {
             return;
         }
     }
 }
 
-pub(crate) async fn close_sink(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason: &str) {
+/// Sends a close frame with `code` and `reason` (cut to fit a control
+/// frame) and flushes, within 2 s.
+pub(crate) async fn close_sink(sink: &mut SplitSink<Socket, Message>, code: u16, reason: &str) {
     let frame = CloseFrame {
-        code,
+        code: code.into(),
         reason: Utf8Bytes::from(truncate(reason, 120)),
     };
     let send = async {
@@ -376,5 +369,35 @@ mod tests {
     fn close_reasons_are_cut_on_char_boundaries() {
         assert_eq!(truncate("héllo", 2), "h");
         assert_eq!(truncate("ok", 10), "ok");
+    }
+
+    #[test]
+    fn protocol_violations_map_to_their_close_codes() {
+        use tungstenite::error::{CapacityError, ProtocolError};
+        let code = |e| match violation(e) {
+            Incoming::Violation { code, .. } => code,
+            _ => 0,
+        };
+        assert_eq!(
+            code(tungstenite::Error::Protocol(
+                ProtocolError::UnmaskedFrameFromClient
+            )),
+            1002
+        );
+        assert_eq!(
+            code(tungstenite::Error::Capacity(
+                CapacityError::MessageTooLong {
+                    size: 2,
+                    max_size: 1
+                }
+            )),
+            1009
+        );
+        assert!(matches!(
+            violation(tungstenite::Error::Protocol(
+                ProtocolError::ResetWithoutClosingHandshake
+            )),
+            Incoming::Closed
+        ));
     }
 }

@@ -1,41 +1,43 @@
-//! A session's writer task: owns the socket's sink and drains the session's
-//! bounded queue in order. Message frames go through the per-room cursors:
-//! duplicates are dropped and gaps are filled (history, else the stream) first, so the
-//! client sees each room's messages once, in sequence. Resume requests are
-//! served here too, so catch-up and live messages cannot interleave wrongly.
+//! A session's writer task: owns the socket's sink and writes, in order,
+//! `welcome`, any resume refusals and the presence snapshot, then the
+//! session's bounded queue interleaved with the catch-up of resumed rooms.
+//! Message frames go through the per-room cursors: duplicates are dropped
+//! and gaps are filled first (`fill`), so the client sees each room's
+//! messages once, in sequence. A catch-up is written as the socket drains
+//! (flow control), never through the live queue, so resuming many rooms
+//! cannot overflow it; live work goes first between rooms.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
-use chat_core::names::svc as subjects;
-use chat_core::svc::{MAX_PAGE_LIMIT, Page, PageQuery};
+use chat_core::RoomId;
 use chat_core::wire::{ServerFrame, close};
-use chat_core::{RoomId, SCHEMA_VERSION};
 use futures::SinkExt;
 use futures::stream::SplitSink;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
+use tungstenite::{Message, Utf8Bytes};
 
+use crate::fill::fill;
 use crate::ordering::{Cursors, Step};
 use crate::registry::{CloseReason, Out};
 use crate::session::{close_sink, encode};
 use crate::state::AppState;
+use crate::upgrade::Socket;
 
-/// How long a gap fill waits while neither history nor the stream has the
-/// next message (a replica or history catching up).
-const FILL_WAIT: Duration = Duration::from_secs(3);
 /// How long a session must stay behind a fanout head before the gateway
 /// treats the delivery as lost (a head may overtake its delivery).
 const HEAD_GRACE: Duration = Duration::from_secs(1);
-/// How long a gap fill waits for one history page before reading the stream.
-const FILL_HISTORY_TIMEOUT: Duration = Duration::from_millis(500);
-/// Pause between history polls while it catches up.
-const FILL_POLL: Duration = Duration::from_millis(25);
+/// Longest wait for the presence snapshot after `welcome`; live frames
+/// queue meanwhile, and are written without it after.
+const SNAPSHOT_WAIT: Duration = Duration::from_millis(500);
 
-type Sink = SplitSink<WebSocket, Message>;
+/// The socket's sending half.
+pub type Sink = SplitSink<Socket, Message>;
 
 /// Why the writer stops early.
-enum Stop {
+pub enum Stop {
     /// The socket went away while writing.
     Gone,
     /// Messages the client must see next could not be read in time (a gap
@@ -50,8 +52,8 @@ enum Stop {
 const MAX_BATCH: usize = 64;
 
 /// Buffers a frame; it reaches the socket at the next [`flush`] (or when
-/// the write buffer is full).
-async fn send(sink: &mut Sink, frame: Utf8Bytes) -> Result<(), Stop> {
+/// the write buffer is full, which waits for the socket: flow control).
+pub async fn send(sink: &mut Sink, frame: Utf8Bytes) -> Result<(), Stop> {
     sink.feed(Message::Text(frame))
         .await
         .map_err(|_| Stop::Gone)?;
@@ -62,27 +64,97 @@ async fn send(sink: &mut Sink, frame: Utf8Bytes) -> Result<(), Stop> {
 /// Writes buffered frames to the socket. Called after each batch and before
 /// anything that waits on another service (a gap fill, a resume), so no
 /// frame waits in the buffer for a request.
-async fn flush(sink: &mut Sink) -> Result<(), Stop> {
+pub async fn flush(sink: &mut Sink) -> Result<(), Stop> {
     sink.flush().await.map_err(|_| Stop::Gone)
 }
 
+/// One room to catch up after `welcome` (from `hello.resume`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeJob {
+    pub room: RoomId,
+    /// The last sequence the client said it has seen.
+    pub after: u64,
+    /// The room's last message sequence when the session started.
+    pub tail: u64,
+    /// `after` was beyond the room's last message (confirmed by the
+    /// stream's leader): the session resumes from `tail` instead.
+    pub clamped: bool,
+}
+
+impl ResumeJob {
+    /// Where the room's cursor starts: the client's position, or the tail
+    /// when the client is ahead of the room or more than `max` behind it
+    /// (it pages history for those itself).
+    pub fn start(&self, max: u64) -> u64 {
+        if self.clamped || self.tail.saturating_sub(self.after) > max {
+            self.tail
+        } else {
+            self.after
+        }
+    }
+}
+
+/// What the writer writes before anything live, and where each room starts.
+pub struct Start {
+    pub welcome: Utf8Bytes,
+    /// Rooms the client was told about in `welcome`, at their heads.
+    pub positions: Vec<(RoomId, u64)>,
+    pub resumes: Vec<ResumeJob>,
+    /// Error frames answering `hello.resume` entries that were refused.
+    pub refusals: Vec<Utf8Bytes>,
+    /// The `presence.snapshot` frame, when fanout answers.
+    pub presence: Option<oneshot::Receiver<Utf8Bytes>>,
+}
+
 /// Runs until the queue closes, the socket fails, or `kill`; then closes the
-/// socket with the recorded reason.
+/// socket with the recorded reason. Returns the sink, so the session can
+/// linger on the socket before dropping it.
 pub async fn run(
     st: AppState,
     mut sink: Sink,
     mut rx: crate::queue::Receiver<Out>,
     kill: CancellationToken,
     reason: Arc<Mutex<Option<CloseReason>>>,
-) {
+    start: Start,
+) -> Sink {
+    let max = st.config.limits.resume_max;
     let mut cursors = Cursors::default();
-    loop {
-        let out = tokio::select! {
-            biased;
-            _ = kill.cancelled() => break,
-            out = rx.recv() => out,
+    for (room, seq) in &start.positions {
+        cursors.set(room, *seq);
+    }
+    for job in &start.resumes {
+        cursors.set(&job.room, job.start(max));
+    }
+    let mut resumes: VecDeque<ResumeJob> = start.resumes.into();
+    let mut result = opening(
+        &mut sink,
+        start.welcome,
+        start.refusals,
+        start.presence,
+        &kill,
+    )
+    .await;
+    while result.is_ok() && !kill.is_cancelled() {
+        // Live work first: it is bounded and must not wait behind a
+        // catch-up; the catch-up goes on when the queue is empty.
+        let first = match rx.try_recv() {
+            Some(out) => out,
+            None => match resumes.pop_front() {
+                Some(job) => {
+                    result = resume(&st, &mut sink, &mut cursors, job, max).await;
+                    if result.is_ok() {
+                        result = flush(&mut sink).await;
+                    }
+                    continue;
+                }
+                None => tokio::select! {
+                    biased;
+                    _ = kill.cancelled() => break,
+                    out = rx.recv() => out,
+                },
+            },
         };
-        let mut result = handle(&st, &mut sink, &mut cursors, out).await;
+        result = handle(&st, &mut sink, &mut cursors, first).await;
         let mut batch = 1;
         while result.is_ok() && batch < MAX_BATCH {
             let Some(out) = rx.try_recv() else { break };
@@ -92,61 +164,87 @@ pub async fn run(
         if result.is_ok() {
             result = flush(&mut sink).await;
         }
-        match result {
-            Ok(()) => {}
-            Err(Stop::Gone) => {
-                kill.cancel();
-                return;
+    }
+    match result {
+        Ok(()) => {}
+        Err(Stop::Gone) => {
+            kill.cancel();
+            return sink;
+        }
+        Err(Stop::Resync) => {
+            let frame = encode(&ServerFrame::Reconnect {
+                resume: cursors.positions(),
+            });
+            if send(&mut sink, frame).await.is_ok() {
+                close_sink(
+                    &mut sink,
+                    close::GOING_AWAY,
+                    "missed messages not readable yet: reconnect and resume",
+                )
+                .await;
             }
-            Err(Stop::Resync) => {
-                let frame = encode(&ServerFrame::Reconnect {
-                    resume: cursors.positions(),
-                });
-                if send(&mut sink, frame).await.is_ok() {
-                    close_sink(
-                        &mut sink,
-                        close::GOING_AWAY,
-                        "missed messages not readable yet: reconnect and resume",
-                    )
-                    .await;
-                }
-                kill.cancel();
-                return;
-            }
+            kill.cancel();
+            return sink;
         }
     }
     let reason = match reason.lock() {
         Ok(mut r) => r.take(),
         Err(p) => p.into_inner().take(),
     };
-    match reason {
-        Some(r) => {
-            // Frames already queued before a deliberate close (e.g. an error
-            // frame explaining it) are flushed first, except for a slow
-            // consumer whose queue is the problem.
-            if r.code != close::SLOW_CONSUMER {
-                while let Some(Out::Frame(f)) = rx.try_recv() {
-                    if send(&mut sink, f).await.is_err() {
-                        return;
-                    }
-                }
+    let Some(r) = reason else {
+        let _closed = sink.close().await;
+        return sink;
+    };
+    // Frames already queued before a deliberate close (e.g. an error frame
+    // explaining it) are flushed first, except for a slow consumer whose
+    // queue is the problem.
+    if r.code != close::SLOW_CONSUMER {
+        while let Some(Out::Frame(f)) = rx.try_recv() {
+            if send(&mut sink, f).await.is_err() {
+                return sink;
             }
-            if r.code == close::GOING_AWAY {
-                // Drain: tell the client where it is, so it resumes on
-                // another gateway without a gap.
-                let frame = encode(&ServerFrame::Reconnect {
-                    resume: cursors.positions(),
-                });
-                if send(&mut sink, frame).await.is_err() {
-                    return;
-                }
-            }
-            Box::pin(close_sink(&mut sink, r.code, &r.reason)).await;
-        }
-        None => {
-            let _closed = sink.close().await;
         }
     }
+    if r.code == close::GOING_AWAY {
+        // Drain: tell the client where it is, so it resumes on another
+        // gateway without a gap.
+        let frame = encode(&ServerFrame::Reconnect {
+            resume: cursors.positions(),
+        });
+        if send(&mut sink, frame).await.is_err() {
+            return sink;
+        }
+    }
+    Box::pin(close_sink(&mut sink, r.code, &r.reason)).await;
+    sink
+}
+
+/// `welcome`, the refusals, then the presence snapshot (waiting briefly
+/// for it): before any live frame, so a presence change queued meanwhile
+/// is written after the snapshot it may supersede.
+async fn opening(
+    sink: &mut Sink,
+    welcome: Utf8Bytes,
+    refusals: Vec<Utf8Bytes>,
+    presence: Option<oneshot::Receiver<Utf8Bytes>>,
+    kill: &CancellationToken,
+) -> Result<(), Stop> {
+    send(sink, welcome).await?;
+    for f in refusals {
+        send(sink, f).await?;
+    }
+    flush(sink).await?;
+    if let Some(rx) = presence {
+        let snapshot = tokio::select! {
+            _ = kill.cancelled() => None,
+            r = tokio::time::timeout(SNAPSHOT_WAIT, rx) => r.ok().and_then(Result::ok),
+        };
+        if let Some(frame) = snapshot {
+            send(sink, frame).await?;
+            flush(sink).await?;
+        }
+    }
+    Ok(())
 }
 
 async fn handle(
@@ -157,6 +255,12 @@ async fn handle(
 ) -> Result<(), Stop> {
     match out {
         Out::Frame(f) => send(sink, f).await,
+        Out::Positions(rooms) => {
+            for (room, seq) in &rooms {
+                cursors.start(room, *seq);
+            }
+            Ok(())
+        }
         Out::Msg { room, seq, frame } => match cursors.step(&room, seq) {
             Step::Duplicate => {
                 metrics::counter!("chat_gateway_duplicate_deliveries_dropped_total").increment(1);
@@ -195,144 +299,71 @@ async fn handle(
                 Err(Stop::Resync)
             }
         }
-        Out::Resume { room, after } => Box::pin(resume(st, sink, cursors, room, after)).await,
     }
 }
 
-/// Sends what the client missed in `room` after `after`, then `resumed`.
+/// Sends what the client missed in one resumed room, then `resumed`.
 async fn resume(
     st: &AppState,
     sink: &mut Sink,
     cursors: &mut Cursors,
-    room: RoomId,
-    after: u64,
+    job: ResumeJob,
+    max: u64,
 ) -> Result<(), Stop> {
-    flush(sink).await?;
-    cursors.set(&room, after);
-    let latest = match st.log.last_seq(&room).await {
-        Ok(l) => Some(l),
-        Err(e) => {
-            tracing::warn!(error = %e, %room, "resume: room tail unavailable");
-            None
+    let too_far = !job.clamped && job.tail.saturating_sub(job.after) > max;
+    let complete = if too_far {
+        // Too much to push: the client pages history for the range, and
+        // live messages continue from the tail.
+        false
+    } else {
+        let last = cursors.last(&job.room).unwrap_or(job.after);
+        if last < job.tail {
+            Box::pin(fill(st, sink, cursors, &job.room, last, job.tail + 1)).await?
+        } else {
+            true
         }
     };
-    let max = st.config.limits.resume_max;
-    let complete = match latest {
-        // Unknown tail: the client cannot be told it is complete;
-        // live messages still fill any gap before they are written.
-        None => false,
-        Some(latest) if latest.saturating_sub(after) > max => {
-            // Too much to push: the client pages history for the
-            // range, and live messages continue from the tail.
-            cursors.set(&room, latest);
-            false
-        }
-        Some(latest) => fill(st, sink, cursors, &room, after, latest + 1).await?,
-    };
-    let to = cursors
-        .last(&room)
-        .unwrap_or(after)
-        .max(latest.unwrap_or(after));
+    let to = cursors.last(&job.room).unwrap_or(job.tail).max(job.tail);
     metrics::counter!("chat_gateway_resumes_total", "complete" => complete.to_string())
         .increment(1);
     send(
         sink,
         encode(&ServerFrame::Resumed {
-            room,
-            after,
+            room: job.room,
+            after: if job.clamped { job.tail } else { job.after },
             to,
             complete,
+            clamped: job.clamped,
         }),
     )
     .await
 }
 
-/// Writes the messages `after < seq < before` of `room` in order, advancing
-/// the cursor: from history, and from the room stream where history lags
-/// or is down. Polls for up to [`FILL_WAIT`] while neither has the next
-/// message. Returns whether the whole range was written.
-async fn fill(
-    st: &AppState,
-    sink: &mut Sink,
-    cursors: &mut Cursors,
-    room: &RoomId,
-    after: u64,
-    before: u64,
-) -> Result<bool, Stop> {
-    flush(sink).await?;
-    let deadline = tokio::time::Instant::now() + FILL_WAIT;
-    let mut cur = after;
-    while cur + 1 < before {
-        // History first: whole pages per request, and it holds everything
-        // however old. It is written asynchronously, so its tail may lag.
-        let query = PageQuery {
-            v: SCHEMA_VERSION,
-            room: room.clone(),
-            before: Some(before),
-            after: Some(cur),
-            limit: MAX_PAGE_LIMIT,
-        };
-        let asked = tokio::time::timeout(
-            FILL_HISTORY_TIMEOUT,
-            st.request::<_, Page>(subjects::HISTORY_PAGE, &query),
-        )
-        .await;
-        let events = match asked {
-            Ok(Ok(page)) => page.events,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, %room, "gap fill: history unavailable; reading the stream");
-                Vec::new()
-            }
-            Err(_) => {
-                tracing::debug!(%room, "gap fill: history slow; reading the stream");
-                Vec::new()
-            }
-        };
-        let mut progressed = write_contiguous(sink, cursors, room, &mut cur, events).await?;
-        if !progressed && cur + 1 < before {
-            // History lags or is down: the stream holds every acknowledged
-            // message of its retention, stored or not.
-            let wanted = usize::try_from(before - cur - 1).unwrap_or(usize::MAX);
-            match st
-                .log
-                .read_messages(room, cur, before, wanted.min(MAX_PAGE_LIMIT as usize))
-                .await
-            {
-                Ok(events) => {
-                    progressed = write_contiguous(sink, cursors, room, &mut cur, events).await?;
-                }
-                Err(e) => tracing::debug!(error = %e, %room, "gap fill: stream read failed"),
-            }
-        }
-        if !progressed {
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(%room, cur, before, "gap fill: neither history nor the stream had the next message in time");
-                return Ok(false);
-            }
-            tokio::time::sleep(FILL_POLL).await;
-        }
-    }
-    Ok(true)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Writes `events` while they continue `cur` without a hole; returns
-/// whether any was written.
-async fn write_contiguous(
-    sink: &mut Sink,
-    cursors: &mut Cursors,
-    room: &RoomId,
-    cur: &mut u64,
-    events: Vec<chat_core::events::RoomEvent>,
-) -> Result<bool, Stop> {
-    let mut progressed = false;
-    for ev in events {
-        if ev.seq != *cur + 1 {
-            break;
+    fn job(after: u64, tail: u64, clamped: bool) -> ResumeJob {
+        ResumeJob {
+            room: RoomId::parse("r1").expect("room"),
+            after,
+            tail,
+            clamped,
         }
-        *cur = ev.seq;
-        send(sink, encode(&ServerFrame::Event(ev))).await?;
-        cursors.advance(room, *cur);
-        progressed = true;
     }
-    Ok(progressed)
+
+    #[test]
+    fn a_resumed_room_starts_where_the_client_is_unless_ahead_or_too_far_behind() {
+        assert_eq!(job(3, 10, false).start(100), 3);
+        assert_eq!(
+            job(3, 1000, false).start(100),
+            1000,
+            "too far: from the tail"
+        );
+        assert_eq!(
+            job(1000, 3, true).start(100),
+            3,
+            "ahead of the room: its tail"
+        );
+    }
 }

@@ -117,7 +117,7 @@ async fn serve_nats(
     ));
     let api = api::Api {
         store,
-        log: RoomLog::new(js, stream),
+        log: RoomLog::new(js, stream).with_tail_cache(config.common.room_tail_cache),
     };
     let served = serve_requests(client, api, stop, consumer_ready).await;
     stop.cancel();

@@ -91,17 +91,19 @@ impl Presence {
     }
 
     /// Applies an expiry marker for `key` at stream sequence `revision`;
-    /// publishes Offline when the user has no gateway left. Returns whether
-    /// it did.
+    /// publishes Offline when it removed the user's last live entry.
+    /// Returns whether it did.
     pub async fn expired(&self, key: &str, revision: u64) -> Result<bool, PresenceError> {
         let Some((user, _gw)) = names::parse_presence_key(key) else {
             return Ok(false);
         };
-        // The watch may already have applied this marker, so decide on the
-        // resulting state, not on whether this call flipped it. A marker is
-        // only placed when a live entry (a put) ages out, never for a delete.
+        // The watch may already have applied this marker; the view records
+        // whether it took the user offline, whoever applied it first. A
+        // marker also follows a clean disconnect, when the delete's
+        // tombstone ages out: that one took nobody offline (the disconnect
+        // already said so), and announcing it again was a second offline.
         self.view.apply(key, revision, kv::Operation::Purge);
-        if self.view.is_online(&user) {
+        if !self.view.take_expiry(revision) || self.view.is_online(&user) {
             return Ok(false);
         }
         self.publish(&user, PresenceStatus::Offline).await?;

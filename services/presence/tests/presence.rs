@@ -316,3 +316,40 @@ async fn ops_endpoints_report_ready_and_shutdown_returns() {
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_clean_disconnect_is_announced_offline_once_not_again_when_its_tombstone_ages_out() {
+    let mut app = spawn_app(1000).await;
+    app.report("g1", PresenceOp::Connect, &["carol"]).await;
+    assert_eq!(app.next_change().await.status, PresenceStatus::Online);
+    app.report("g1", PresenceOp::Disconnect, &["carol"]).await;
+    assert_eq!(app.next_change().await.status, PresenceStatus::Offline);
+    // The delete leaves a tombstone that ages out after the TTL and gets a
+    // limit marker, as an expired entry does; it used to be announced as a
+    // second offline. Wait until the marker is there, then for a change
+    // that comes after it: dave's online, then offline by expiry.
+    let store = app.store().await;
+    let key = names::presence_key(&user("carol"), &gw("g1"));
+    eventually(WAIT, "carol's tombstone to age out into a marker", || {
+        let (store, key) = (store.clone(), key.clone());
+        async move {
+            let entry = store.entry(&key).await.ok().flatten()?;
+            (entry.operation == async_nats::jetstream::kv::Operation::Purge).then_some(())
+        }
+    })
+    .await;
+    app.report("g2", PresenceOp::Connect, &["dave"]).await;
+    let next = app.next_change().await;
+    assert_eq!(
+        (next.user, next.status),
+        (user("dave"), PresenceStatus::Online),
+        "nothing about carol in between"
+    );
+    let next = app.next_change().await;
+    assert_eq!(
+        (next.user, next.status),
+        (user("dave"), PresenceStatus::Offline),
+        "dave's entry expired: one offline, from the marker of a live entry"
+    );
+    app.stop().await;
+}
