@@ -64,3 +64,16 @@ ensure_load_balancers() {
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 \
     || { $sudo apt-get update -qq >&2 && $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2; }
 }
+
+# openssl (Debian package) for the test that reads the signing key file the
+# way operators do.
+ensure_openssl() {
+  command -v openssl >/dev/null && return 0
+  echo "installing openssl (apt-get) for the key-file test" >&2
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  command -v apt-get >/dev/null || { echo "apt-get is needed to install openssl" >&2; return 1; }
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -qq --no-install-recommends openssl >&2 \
+    || { $sudo apt-get update -qq >&2 && $sudo apt-get install -y -qq --no-install-recommends openssl >&2; }
+}

@@ -200,6 +200,9 @@ impl System {
                 ("CHAT_GATEWAY_RATE_PER_SEC", "100000"),
                 ("CHAT_GATEWAY_RATE_BURST", "100000"),
                 ("CHAT_GATEWAY_MAX_CONNECTIONS", "19500"),
+                // One bench user creates every room of a scenario.
+                ("CHAT_HISTORY_ROOMS_PER_HOUR", "1000000"),
+                ("CHAT_HISTORY_MAX_ROOMS_PER_USER", "1000000"),
                 ("RUST_LOG", "warn"),
             ],
         )

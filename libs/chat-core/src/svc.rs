@@ -221,11 +221,14 @@ pub struct PresenceQuery {
     pub users: Vec<UserId>,
 }
 
-/// `svc.fanout.presence.snapshot`: which co-members of `user` are online.
+/// `svc.fanout.presence.snapshot`: which co-members of `user` in `rooms`
+/// (the user's rooms, as the asking gateway loaded them from history) are
+/// online. Fanout does not check the rooms: only gateways may ask.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PresenceSnapshotQuery {
     pub v: u32,
     pub user: UserId,
+    pub rooms: Vec<RoomId>,
 }
 
 /// Reply to `svc.fanout.presence.snapshot`: the online members of the

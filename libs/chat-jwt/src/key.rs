@@ -56,12 +56,19 @@ impl KeyPair {
             .map_err(|e| KeyError::Pem(e.to_string()))
     }
 
-    /// The private key as PKCS#8 PEM, for the key file.
+    /// The private key as PKCS#8 PEM, for the key file: version 1 (RFC
+    /// 5208, the private key alone), which `openssl pkey`, Python's
+    /// `cryptography` and the other usual tools read. (Version 2 with the
+    /// public key embedded, `ed25519-dalek`'s default, is not read by
+    /// OpenSSL 3; files in that form are still read here.)
     pub fn to_pkcs8_pem(&self) -> Result<String, KeyError> {
-        self.key
-            .to_pkcs8_pem(LineEnding::LF)
-            .map(|pem| pem.to_string())
-            .map_err(|e| KeyError::Encode(e.to_string()))
+        ed25519_dalek::pkcs8::KeypairBytes {
+            secret_key: self.key.to_bytes(),
+            public_key: None,
+        }
+        .to_pkcs8_pem(LineEnding::LF)
+        .map(|pem| pem.to_string())
+        .map_err(|e| KeyError::Encode(e.to_string()))
     }
 
     /// The key id put in token headers and in the JWK.
@@ -168,6 +175,17 @@ mod tests {
         let back = KeyPair::from_pkcs8_pem(&pem).expect("parse");
         assert_eq!(back.kid(), key.kid());
         assert_eq!(back.jwk(), key.jwk());
+    }
+
+    #[test]
+    fn a_version_2_key_file_written_by_earlier_releases_still_loads() {
+        let key = KeyPair::generate().expect("generate");
+        // ed25519-dalek's own encoding embeds the public key (PKCS#8 v2).
+        let v2 = key.key.to_pkcs8_pem(LineEnding::LF).expect("v2 pem");
+        let back = KeyPair::from_pkcs8_pem(&v2).expect("v2 still reads");
+        assert_eq!(back.kid(), key.kid());
+        let v1 = key.to_pkcs8_pem().expect("v1 pem");
+        assert_ne!(v1.as_str(), v2.as_str(), "new files are written as v1");
     }
 
     #[test]

@@ -121,6 +121,11 @@ pub trait HistoryStore: Send + Sync {
     async fn members(&self, room: &RoomId) -> Result<Vec<UserId>, StoreError>;
     /// Rooms `user` belongs to, ascending by room id.
     async fn rooms_of(&self, user: &UserId) -> Result<Vec<RoomId>, StoreError>;
+    /// How many rooms `user` belongs to.
+    async fn room_count_of(&self, user: &UserId) -> Result<u64, StoreError>;
+    /// How many rooms `user` created at or after `since_ms` (for the
+    /// per-user creation rate, counted across every history instance).
+    async fn rooms_created_since(&self, user: &UserId, since_ms: u64) -> Result<u64, StoreError>;
     /// Stores `events` in one transaction and returns how many were new.
     /// Idempotent: an event whose (room, seq) is stored is ignored, and so is
     /// a message whose (room, from, cmid) is stored under another seq.

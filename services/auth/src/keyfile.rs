@@ -130,6 +130,40 @@ mod tests {
         assert!(err.contains("CHAT_AUTH_KEY_FILE") && err.contains("CHAT_AUTH_GENERATE_KEY"));
     }
 
+    /// What `openssl pkey` prints for `args` on the key at `path`.
+    fn openssl_pkey(path: &Path, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("openssl")
+            .arg("pkey")
+            .arg("-in")
+            .arg(path)
+            .args(args)
+            .output()
+            .expect("openssl is installed (the test command needs it)")
+    }
+
+    #[test]
+    fn a_generated_key_file_is_read_by_openssl_with_the_same_public_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("key.pem");
+        let key = load_or_generate(&path, true).expect("generated");
+        let out = openssl_pkey(&path, &["-noout"]);
+        assert!(
+            out.status.success(),
+            "openssl cannot read the key file: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The public key OpenSSL derives is the one our JWKS publishes.
+        let der = openssl_pkey(&path, &["-pubout", "-outform", "DER"]);
+        assert!(der.status.success());
+        let public = der.stdout.get(der.stdout.len().saturating_sub(32)..);
+        let x = key.jwk().x.expect("x");
+        use base64::Engine as _;
+        let ours = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(x)
+            .expect("base64url");
+        assert_eq!(public, Some(ours.as_slice()));
+    }
+
     #[test]
     fn a_corrupt_key_file_is_an_error_not_replaced() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -42,6 +42,10 @@ pub struct Config {
     /// `presence.snapshot` lists (the online co-members a connecting
     /// session is told about); beyond it the list is cut and says so.
     pub presence_snapshot_max: usize,
+    /// `CHAT_FANOUT_MEMBER_CACHE_ROOMS` (100000, at least 1): rooms whose
+    /// members an instance caches; beyond it one is evicted (and read from
+    /// history again on its next event).
+    pub member_cache_rooms: usize,
     /// NATS connection and resource management options.
     pub common: Common,
 }
@@ -80,6 +84,7 @@ impl Config {
         }
         Ok(Config {
             presence_snapshot_max: s.at_least("CHAT_FANOUT_PRESENCE_SNAPSHOT_MAX", 1000usize, 1)?,
+            member_cache_rooms: s.at_least("CHAT_FANOUT_MEMBER_CACHE_ROOMS", 100_000usize, 1)?,
             listen,
             batch,
             heads_interval,

@@ -138,7 +138,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
     let history = History::new(client.clone());
     let fanout = Fanout {
         client: client.clone(),
-        members: MemberCache::new(history.clone()),
+        members: MemberCache::new(history.clone(), config.member_cache_rooms),
         history,
         view,
         heads: heads::HeadBook::default(),

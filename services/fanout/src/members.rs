@@ -14,9 +14,6 @@ use serde::de::DeserializeOwned;
 
 /// How long a history request may take before it counts as failed.
 const HISTORY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Rooms whose members are cached; beyond it an arbitrary room is evicted
-/// (it is refilled from history on its next event), bounding memory.
-const MAX_CACHED_ROOMS: usize = 100_000;
 
 /// A history request that did not produce an answer.
 #[derive(Debug, thiserror::Error)]
@@ -109,13 +106,18 @@ type Cached = (MemberSet, Instant);
 pub struct MemberCache {
     history: History,
     rooms: Arc<Mutex<HashMap<RoomId, Cached>>>,
+    /// Rooms cached at most (`CHAT_FANOUT_MEMBER_CACHE_ROOMS`); beyond it
+    /// an arbitrary room is evicted and refilled from history on its next
+    /// event.
+    max_rooms: usize,
 }
 
 impl MemberCache {
-    pub fn new(history: History) -> Self {
+    pub fn new(history: History, max_rooms: usize) -> Self {
         Self {
             history,
             rooms: Arc::default(),
+            max_rooms: max_rooms.max(1),
         }
     }
 
@@ -145,7 +147,7 @@ impl MemberCache {
         {
             return Ok(m.clone());
         }
-        if rooms.len() >= MAX_CACHED_ROOMS
+        if rooms.len() >= self.max_rooms
             && let Some(victim) = rooms.keys().next().cloned()
         {
             rooms.remove(&victim);

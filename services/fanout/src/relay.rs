@@ -114,13 +114,21 @@ pub fn presence_on_join(
 
 /// Members of every room of `user` with at most `presence_max_room`
 /// members, without `user`.
-pub(crate) async fn co_members(
+async fn co_members(fanout: &Fanout, user: &UserId) -> Result<BTreeSet<UserId>, HistoryError> {
+    let rooms = fanout.history.user_rooms(user).await?;
+    co_members_in(fanout, user, &rooms).await
+}
+
+/// Members of those of `rooms` with at most `presence_max_room` members,
+/// without `user`.
+pub(crate) async fn co_members_in(
     fanout: &Fanout,
     user: &UserId,
+    rooms: &[chat_core::RoomId],
 ) -> Result<BTreeSet<UserId>, HistoryError> {
     let mut out = BTreeSet::new();
-    for room in fanout.history.user_rooms(user).await? {
-        let members = fanout.members.members(&room).await?;
+    for room in rooms {
+        let members = fanout.members.members(room).await?;
         if members.len() > fanout.presence_max_room {
             metrics::counter!("chat_fanout_presence_large_rooms_skipped_total").increment(1);
             continue;

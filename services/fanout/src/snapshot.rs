@@ -59,7 +59,7 @@ async fn answer(fanout: &Fanout, payload: &[u8], max: usize) -> Reply<PresenceSn
             format!("unsupported schema version {}", query.v),
         ));
     }
-    let co_members = match crate::relay::co_members(fanout, &query.user).await {
+    let co_members = match crate::relay::co_members_in(fanout, &query.user, &query.rooms).await {
         Ok(m) => m,
         Err(e) => {
             tracing::warn!(error = %e, "co-members unavailable; no presence snapshot");

@@ -62,6 +62,22 @@ impl Cursors {
         self.last.entry(room.clone()).or_insert(seq);
     }
 
+    /// Drops everything known about `room` (the user left it).
+    pub fn forget(&mut self, room: &RoomId) {
+        self.last.remove(room);
+        self.heads.remove(room);
+    }
+
+    /// Rooms with a position.
+    pub fn len(&self) -> usize {
+        self.last.len()
+    }
+
+    /// Whether no room has a position.
+    pub fn is_empty(&self) -> bool {
+        self.last.is_empty()
+    }
+
     /// Every room's position (what a client would resume from).
     pub fn positions(&self) -> std::collections::BTreeMap<RoomId, u64> {
         self.last.iter().map(|(r, s)| (r.clone(), *s)).collect()
@@ -127,6 +143,20 @@ mod tests {
         c.advance(&r(), 7);
         c.start(&r(), 5);
         assert_eq!(c.last(&r()), Some(7), "already past it");
+    }
+
+    #[test]
+    fn a_forgotten_room_holds_nothing_and_starts_afresh() {
+        let mut c = Cursors::default();
+        c.set(&r(), 4);
+        c.head(&r(), 9, Instant::now(), Duration::from_secs(1));
+        c.forget(&r());
+        assert!(c.is_empty());
+        assert_eq!(
+            c.step(&r(), 2),
+            Step::Send,
+            "a rejoin starts where it is told"
+        );
     }
 
     #[test]

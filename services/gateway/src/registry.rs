@@ -39,6 +39,9 @@ pub enum Out {
     /// join): every later message must reach it, so rooms the session has
     /// no position for yet start there.
     Positions(Vec<(RoomId, u64)>),
+    /// The user left `room`: the session forgets its position there, so a
+    /// session that joins and leaves many rooms holds no state for them.
+    Forget(RoomId),
 }
 
 /// The part of a session other tasks may touch.
@@ -186,17 +189,29 @@ impl Registry {
         (page, it.next().is_some())
     }
 
-    /// Records a membership change of a connected user.
+    /// Records a membership change of a connected user; on a leave, the
+    /// user's sessions forget the room.
     pub fn set_member(&self, user: &UserId, room: &RoomId, op: MemberOp) {
-        if let Some(e) = lock(&self.inner).get_mut(user) {
+        let sessions: Vec<SessionHandle> = {
+            let mut map = lock(&self.inner);
+            let Some(e) = map.get_mut(user) else {
+                return;
+            };
             match op {
                 MemberOp::Join => {
                     e.rooms.insert(room.clone());
+                    return;
                 }
                 MemberOp::Leave => {
-                    e.rooms.remove(room);
+                    if !e.rooms.remove(room) {
+                        return;
+                    }
+                    e.sessions.values().cloned().collect()
                 }
             }
+        };
+        for s in sessions {
+            s.push_out(Out::Forget(room.clone()));
         }
     }
 

@@ -171,6 +171,7 @@ pub async fn run(st: AppState, socket: Socket, _slot: Option<OwnedSemaphorePermi
             kill: CancellationToken::new(),
             close_reason: Arc::new(Mutex::new(None)),
         };
+        let snapshot_rooms = rooms.clone();
         // From here on deliveries reach the session's queue; the writer
         // writes `welcome` before any of them.
         match st
@@ -186,7 +187,12 @@ pub async fn run(st: AppState, socket: Socket, _slot: Option<OwnedSemaphorePermi
         }
         let (snapshot_tx, snapshot_rx) = oneshot::channel();
         start.presence = Some(snapshot_rx);
-        tokio::spawn(presence_snapshot(st.clone(), user.clone(), snapshot_tx));
+        tokio::spawn(presence_snapshot(
+            st.clone(),
+            user.clone(),
+            snapshot_rooms,
+            snapshot_tx,
+        ));
         let writer = tokio::spawn(crate::writer::run(
             st.clone(),
             sink,
@@ -242,10 +248,16 @@ async fn refuse(mut sink: SplitSink<Socket, Message>, stream: SplitStream<Socket
 
 /// Asks fanout which co-members are online and hands the
 /// `presence.snapshot` frame to the writer (which waits only briefly).
-async fn presence_snapshot(st: AppState, user: UserId, tx: oneshot::Sender<Utf8Bytes>) {
+async fn presence_snapshot(
+    st: AppState,
+    user: UserId,
+    rooms: Vec<chat_core::RoomId>,
+    tx: oneshot::Sender<Utf8Bytes>,
+) {
     let query = svc::PresenceSnapshotQuery {
         v: SCHEMA_VERSION,
         user,
+        rooms,
     };
     match st
         .request::<_, svc::PresenceSnapshot>(subjects::FANOUT_PRESENCE_SNAPSHOT, &query)

@@ -261,6 +261,10 @@ async fn handle(
             }
             Ok(())
         }
+        Out::Forget(room) => {
+            cursors.forget(&room);
+            Ok(())
+        }
         Out::Msg { room, seq, frame } => match cursors.step(&room, seq) {
             Step::Duplicate => {
                 metrics::counter!("chat_gateway_duplicate_deliveries_dropped_total").increment(1);

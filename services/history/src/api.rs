@@ -24,7 +24,11 @@ pub const MAX_ROOM_NAME_CHARS: usize = 100;
 pub struct Api {
     pub store: Arc<dyn HistoryStore>,
     pub log: RoomLog,
+    pub limits: crate::config::RoomLimits,
 }
+
+/// The rolling window of `CHAT_HISTORY_ROOMS_PER_HOUR`.
+const CREATE_WINDOW_MS: u64 = 60 * 60 * 1000;
 
 fn err(code: ErrorCode, message: impl Into<String>) -> SvcError {
     SvcError::new(code, message)
@@ -158,6 +162,23 @@ impl Api {
             ));
         }
         let now = chat_core::time::now_ms();
+        let created = self
+            .store
+            .rooms_created_since(&q.by, now.saturating_sub(CREATE_WINDOW_MS))
+            .await
+            .map_err(store_err)?;
+        if created >= self.limits.created_per_hour {
+            metrics::counter!("chat_history_room_limits_total", "limit" => "created_per_hour")
+                .increment(1);
+            return Err(err(
+                ErrorCode::RateLimited,
+                format!(
+                    "at most {} new rooms per hour; try again later",
+                    self.limits.created_per_hour
+                ),
+            ));
+        }
+        self.check_room_count(&q.by).await?;
         let room = Room {
             id: RoomId::generate(),
             name: name.to_string(),
@@ -181,11 +202,36 @@ impl Api {
         })
     }
 
+    /// `limit_reached` when `user` already belongs to the most rooms allowed.
+    async fn check_room_count(&self, user: &UserId) -> Result<(), SvcError> {
+        let n = self.store.room_count_of(user).await.map_err(store_err)?;
+        if n >= self.limits.max_per_user {
+            metrics::counter!("chat_history_room_limits_total", "limit" => "max_per_user")
+                .increment(1);
+            return Err(err(
+                ErrorCode::LimitReached,
+                format!(
+                    "you are in {n} rooms, the most allowed ({}); leave one first",
+                    self.limits.max_per_user
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// `svc.history.room.join`: adds a member; a member event only when new.
     #[instrument(skip_all, fields(room = %q.room, user = %q.user))]
     async fn room_join(&self, q: Membership) -> Result<MembershipReply, SvcError> {
         check_version(q.v)?;
         let room = self.room_or_not_found(&q.room).await?;
+        if !self
+            .store
+            .is_member(&q.room, &q.user)
+            .await
+            .map_err(store_err)?
+        {
+            self.check_room_count(&q.user).await?;
+        }
         let now = chat_core::time::now_ms();
         if !self
             .store

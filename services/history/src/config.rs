@@ -25,8 +25,22 @@ pub struct Config {
     /// `CHAT_HISTORY_RETRY_MAX_MS` (30000): longest back-off between retries
     /// of a failing store write (starts at 100 ms and doubles).
     pub retry_max: Duration,
+    /// Per-user room limits.
+    pub rooms: RoomLimits,
     /// NATS connection and stream management (`CHAT_NATS_URL`, …).
     pub common: Common,
+}
+
+/// Bounds on the rooms one user has, enforced here for every gateway at
+/// once (the store counts, so all history instances agree).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomLimits {
+    /// `CHAT_HISTORY_ROOMS_PER_HOUR` (100, at least 1): rooms one user may
+    /// create in any rolling hour; one more is `rate_limited`.
+    pub created_per_hour: u64,
+    /// `CHAT_HISTORY_MAX_ROOMS_PER_USER` (10000, at least 1): rooms one
+    /// user may belong to; creating or joining one more is `limit_reached`.
+    pub max_per_user: u64,
 }
 
 /// Upper bound of `CHAT_HISTORY_BATCH`: beyond it a transaction holds the
@@ -54,6 +68,10 @@ impl Config {
             batch,
             ack_wait: s.millis("CHAT_HISTORY_ACK_WAIT_MS", Duration::from_secs(30))?,
             retry_max: s.millis("CHAT_HISTORY_RETRY_MAX_MS", Duration::from_secs(30))?,
+            rooms: RoomLimits {
+                created_per_hour: s.at_least("CHAT_HISTORY_ROOMS_PER_HOUR", 100u64, 1)?,
+                max_per_user: s.at_least("CHAT_HISTORY_MAX_ROOMS_PER_USER", 10_000u64, 1)?,
+            },
             common: Common::from_settings(&s)?,
         })
     }

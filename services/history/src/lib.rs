@@ -117,6 +117,7 @@ async fn serve_nats(
     ));
     let api = api::Api {
         store,
+        limits: config.rooms,
         log: RoomLog::new(js, stream).with_tail_cache(config.common.room_tail_cache),
     };
     let served = serve_requests(client, api, stop, consumer_ready).await;

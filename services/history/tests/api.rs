@@ -437,3 +437,51 @@ async fn a_restart_on_the_same_database_keeps_rooms_members_and_history() {
     assert_eq!(left.seq, Some(2), "positioned after the last message");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn room_creation_is_rate_limited_per_user_and_memberships_are_capped() {
+    let h = Harness::start().await;
+    let mut config = h.config();
+    config.rooms.created_per_hour = 3;
+    config.rooms.max_per_user = 4;
+    let app = h.spawn_with(config).await;
+    let (alice, bob) = (user("alice"), user("bob"));
+    let mut a_rooms = Vec::new();
+    for i in 0..3 {
+        a_rooms.push(
+            ok(create(&h, &alice, &format!("a{i}")).await, "create")
+                .room
+                .id,
+        );
+    }
+    // The fourth room within the hour is refused, for alice only; the
+    // count lives in the store, so every history instance agrees.
+    assert_eq!(code(create(&h, &alice, "a3").await), ErrorCode::RateLimited);
+    let mut b_rooms = Vec::new();
+    for i in 0..3 {
+        b_rooms.push(
+            ok(create(&h, &bob, &format!("b{i}")).await, "bob creates")
+                .room
+                .id,
+        );
+    }
+    let h = &h;
+    let join = |room: &RoomId| {
+        let q = membership(room, &bob);
+        async move {
+            h.request::<_, MembershipReply>(svc::HISTORY_ROOM_JOIN, &q)
+                .await
+        }
+    };
+    assert!(ok(join(&a_rooms[0]).await, "fourth room").changed);
+    // A fifth membership is over the cap...
+    assert_eq!(code(join(&a_rooms[1]).await), ErrorCode::LimitReached);
+    // ...but re-joining a room bob is in changes nothing and is fine.
+    assert!(!ok(join(&a_rooms[0]).await, "already a member").changed);
+    let leave: Reply<MembershipReply> = h
+        .request(svc::HISTORY_ROOM_LEAVE, &membership(&b_rooms[0], &bob))
+        .await;
+    ok(leave, "leave");
+    assert!(ok(join(&a_rooms[1]).await, "room for one more").changed);
+    app.stop().await;
+}

@@ -162,6 +162,12 @@ impl HistoryStore for FlakyStore {
     async fn rooms_of(&self, u: &UserId) -> Result<Vec<RoomId>, StoreError> {
         self.inner.rooms_of(u).await
     }
+    async fn room_count_of(&self, u: &UserId) -> Result<u64, StoreError> {
+        self.inner.room_count_of(u).await
+    }
+    async fn rooms_created_since(&self, u: &UserId, since: u64) -> Result<u64, StoreError> {
+        self.inner.rooms_created_since(u, since).await
+    }
     async fn append_events(&self, events: &[RoomEvent]) -> Result<usize, StoreError> {
         if self.calls.fetch_add(1, Ordering::SeqCst) < self.fail {
             return Err(StoreError::Backend("disk on fire".into()));

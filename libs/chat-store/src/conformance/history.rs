@@ -20,6 +20,7 @@ pub async fn history_store_suite(make: impl Fn() -> Arc<dyn HistoryStore>) {
     a_resent_message_id_is_stored_once(make().as_ref()).await;
     last_seq_is_the_highest_stored_per_room(make().as_ref()).await;
     messages_are_found_by_sender_and_client_id(make().as_ref()).await;
+    rooms_are_counted_per_member_and_per_creator(make().as_ref()).await;
     page::page_cases(&make).await;
 }
 
@@ -343,4 +344,34 @@ async fn messages_are_found_by_sender_and_client_id(store: &dyn HistoryStore) {
         "page",
     );
     assert_eq!(seqs(&page.events), vec![1, 2]);
+}
+
+async fn rooms_are_counted_per_member_and_per_creator(store: &dyn HistoryStore) {
+    let (a, b) = (UserId::generate(), UserId::generate());
+    for (i, at) in [1_000u64, 2_000, 3_000].into_iter().enumerate() {
+        let r = Room {
+            id: RoomId::generate(),
+            name: format!("r{i}"),
+            created_by: a.clone(),
+            created_at: at,
+        };
+        ok(store.create_room(&r).await, "create_room");
+        ok(store.add_member(&r.id, &a, at).await, "add_member");
+        if i == 0 {
+            ok(store.add_member(&r.id, &b, at).await, "add_member b");
+        }
+    }
+    assert_eq!(ok(store.room_count_of(&a).await, "count a"), 3);
+    assert_eq!(ok(store.room_count_of(&b).await, "count b"), 1);
+    assert_eq!(
+        ok(store.room_count_of(&UserId::generate()).await, "count"),
+        0
+    );
+    assert_eq!(ok(store.rooms_created_since(&a, 2_000).await, "since"), 2);
+    assert_eq!(ok(store.rooms_created_since(&a, 3_001).await, "since"), 0);
+    assert_eq!(
+        ok(store.rooms_created_since(&b, 0).await, "since b"),
+        0,
+        "b created none: joining is not creating"
+    );
 }

@@ -168,6 +168,35 @@ impl HistoryStore for SqliteStore {
         .await
     }
 
+    async fn room_count_of(&self, user: &UserId) -> Result<u64, StoreError> {
+        let user = user.to_string();
+        self.call(move |conn| {
+            let n: i64 = conn
+                .prepare_cached("SELECT COUNT(*) FROM members WHERE user = ?1")
+                .map_err(db)?
+                .query_row(params![user], |r| r.get(0))
+                .map_err(db)?;
+            to_u64(n, "room count")
+        })
+        .await
+    }
+
+    async fn rooms_created_since(&self, user: &UserId, since_ms: u64) -> Result<u64, StoreError> {
+        let user = user.to_string();
+        self.call(move |conn| {
+            let since = to_i64(since_ms, "since")?;
+            let n: i64 = conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM rooms WHERE created_by = ?1 AND created_at >= ?2",
+                )
+                .map_err(db)?
+                .query_row(params![user, since], |r| r.get(0))
+                .map_err(db)?;
+            to_u64(n, "room count")
+        })
+        .await
+    }
+
     async fn append_events(&self, events: &[RoomEvent]) -> Result<usize, StoreError> {
         if events.is_empty() {
             return Ok(0);

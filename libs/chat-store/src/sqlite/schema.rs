@@ -42,6 +42,8 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE UNIQUE INDEX events_by_cmid ON events (room, sender, cmid) WHERE cmid IS NOT NULL;
     CREATE INDEX events_by_ts ON events (room, ts);",
+    // 2: rooms by creator and time, for the per-user creation rate.
+    "CREATE INDEX rooms_by_creator ON rooms (created_by, created_at);",
 ];
 
 /// Applies every migration newer than the file's `user_version`.

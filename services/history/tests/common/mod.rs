@@ -73,12 +73,17 @@ impl Harness {
 
     /// Starts the service on the SQLite file and waits until it is ready.
     pub async fn spawn(&self) -> App {
+        self.spawn_with(self.config()).await
+    }
+
+    /// Like [`Harness::spawn`] with a changed config.
+    pub async fn spawn_with(&self, config: Config) -> App {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let shutdown = Shutdown::new();
-        let handle = tokio::spawn(chat_history::run(self.config(), listener, shutdown.clone()));
+        let handle = tokio::spawn(chat_history::run(config, listener, shutdown.clone()));
         let app = App {
             addr,
             shutdown,
