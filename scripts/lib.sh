@@ -77,3 +77,13 @@ ensure_openssl() {
   $sudo apt-get install -y -qq --no-install-recommends openssl >&2 \
     || { $sudo apt-get update -qq >&2 && $sudo apt-get install -y -qq --no-install-recommends openssl >&2; }
 }
+
+# cargo-fuzz (crates.io) for the fuzz targets in fuzz/.
+CARGO_FUZZ_VERSION="0.13.2"
+ensure_cargo_fuzz() {
+  if cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+    return 0
+  fi
+  echo "installing cargo-fuzz $CARGO_FUZZ_VERSION (cargo install)" >&2
+  cargo install -q --locked "cargo-fuzz@$CARGO_FUZZ_VERSION" >&2
+}

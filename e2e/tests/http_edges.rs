@@ -205,3 +205,26 @@ async fn sockets_that_never_upgrade_count_against_the_connection_limit() {
         .await
         .expect("first session alive");
 }
+
+#[tokio::test]
+async fn a_request_head_over_the_limit_is_refused_and_one_within_it_is_served() {
+    let sys = System::start_with(&[("CHAT_GATEWAY_MAX_HEADER_BYTES", "8192")])
+        .await
+        .expect("system");
+    let request = |pad: usize| {
+        format!(
+            "GET /healthz HTTP/1.1\r\nhost: {}\r\nx-pad: {}\r\nconnection: close\r\n\r\n",
+            sys.gateway,
+            "p".repeat(pad)
+        )
+    };
+    let within = raw::http(sys.gateway, request(4000).as_bytes())
+        .await
+        .expect("response");
+    assert_eq!(within.status, 200);
+    let over = raw::http(sys.gateway, request(20_000).as_bytes()).await;
+    assert!(
+        over.as_ref().is_ok_and(|r| r.status == 431),
+        "a 20 KB head: {over:?}"
+    );
+}

@@ -247,3 +247,32 @@ async fn one_account_gets_a_bounded_number_of_connections_per_gateway() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_presence_snapshot_is_cut_at_its_limit_and_says_so() {
+    let sys = System::start_with(&[("CHAT_FANOUT_PRESENCE_SNAPSHOT_MAX", "2")])
+        .await
+        .expect("system");
+    let (mut owner, _) = sys.client("owner").await.expect("owner");
+    let room = create_room(&mut owner, "r").await.expect("room");
+    let mut online = vec![owner];
+    for name in ["m1", "m2"] {
+        let (mut c, _) = sys.client(name).await.expect("member");
+        join_room(&mut c, &room).await.expect("join");
+        online.push(c);
+    }
+    let b = sys.login("bob").await.expect("bob");
+    {
+        let (mut bob, _) = WsClient::connect_as(&sys.ws_url(), &b.token)
+            .await
+            .expect("bob");
+        join_room(&mut bob, &room).await.expect("join");
+    }
+    // Three co-members are online; the snapshot lists two and says more.
+    let (mut bob, _) = WsClient::connect_as(&sys.ws_url(), &b.token)
+        .await
+        .expect("bob again");
+    let snap = bob.recv_type("presence.snapshot").await.expect("snapshot");
+    assert_eq!(snap["online"].as_array().map(Vec::len), Some(2), "{snap}");
+    assert_eq!(snap["more"], true, "{snap}");
+}

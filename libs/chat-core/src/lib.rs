@@ -3,6 +3,7 @@
 //! payloads services exchange. Every name that crosses a process boundary is
 //! defined here, once.
 
+pub mod decode;
 pub mod events;
 pub mod ids;
 pub mod names;

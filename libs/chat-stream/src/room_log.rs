@@ -305,14 +305,7 @@ impl RoomLog {
     pub async fn last_seq_from_leader(&self, room: &RoomId) -> Result<u64, AppendError> {
         let subject = names::room_subject(room, names::EventKind::Msg);
         match self.stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(msg) => msg
-                .headers
-                .get(headers::ROOM_SEQ)
-                .and_then(|v| v.as_str().parse::<u64>().ok())
-                .ok_or_else(|| AppendError::Corrupt {
-                    seq: msg.sequence,
-                    reason: format!("missing {} header", headers::ROOM_SEQ),
-                }),
+            Ok(msg) => room_seq_of(&msg.headers, msg.sequence),
             Err(e)
                 if e.kind()
                     == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
@@ -332,14 +325,7 @@ impl RoomLog {
             .await
         {
             Ok(msg) => {
-                let room_seq = msg
-                    .headers
-                    .get(headers::ROOM_SEQ)
-                    .and_then(|v| v.as_str().parse::<u64>().ok())
-                    .ok_or_else(|| AppendError::Corrupt {
-                        seq: msg.sequence,
-                        reason: format!("missing {} header", headers::ROOM_SEQ),
-                    })?;
+                let room_seq = room_seq_of(&msg.headers, msg.sequence)?;
                 Ok(Tail {
                     stream_seq: msg.sequence,
                     room_seq,
@@ -449,6 +435,16 @@ impl RoomLog {
             reason: e.to_string(),
         })
     }
+}
+
+/// The room sequence in a stored message's `Chat-Seq` header.
+fn room_seq_of(h: &HeaderMap, stream_seq: u64) -> Result<u64, AppendError> {
+    h.get(headers::ROOM_SEQ)
+        .and_then(|v| v.as_str().parse::<u64>().ok())
+        .ok_or_else(|| AppendError::Corrupt {
+            seq: stream_seq,
+            reason: format!("missing {} header", headers::ROOM_SEQ),
+        })
 }
 
 /// Whether a publish failed because the room's tail moved (another process

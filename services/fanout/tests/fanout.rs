@@ -607,3 +607,28 @@ async fn a_join_tells_members_the_joiner_is_online_and_the_joiner_who_is_online(
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_room_evicted_from_a_full_member_cache_is_read_again_and_delivered_right() {
+    let mut app = spawn_app_with(&[("CHAT_FANOUT_MEMBER_CACHE_ROOMS", "1")]).await;
+    app.set_members("ra", &["alice"]);
+    app.set_members("rb", &["bob"]);
+    app.online("alice", "g1").await;
+    app.online("bob", "g2").await;
+    let before = app.directory.lock().expect("lock").member_requests;
+    for (room, from, gw) in [
+        ("ra", "alice", "g1"),
+        ("rb", "bob", "g2"),
+        ("ra", "alice", "g1"),
+    ] {
+        let ev = app.say(room, from, "hi").await;
+        let got = app.deliveries_before_room_sentinel().await;
+        assert_eq!(by_gateway(&got, &ev), vec![(gw.into(), vec![u(from)])]);
+    }
+    let asked = app.directory.lock().expect("lock").member_requests - before;
+    assert!(
+        asked >= 3,
+        "one cached room: each switch re-reads members ({asked})"
+    );
+    app.stop().await;
+}

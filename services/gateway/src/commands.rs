@@ -4,8 +4,8 @@
 
 use chat_core::events::{EventBody, MemberOp};
 use chat_core::names::svc as subjects;
-use chat_core::svc::{self, ErrorCode, SvcError};
-use chat_core::wire::{ClientFrame, MAX_REQUEST_ID_LEN, ServerFrame};
+use chat_core::svc::{self, SvcError};
+use chat_core::wire::{ClientFrame, ServerFrame};
 use chat_core::{ClientMsgId, RoomId, SCHEMA_VERSION, UserId};
 
 use crate::error::GatewayError;
@@ -18,15 +18,7 @@ const MAX_ROOM_NAME: usize = 100;
 /// Longest wait for the idempotency lookup in history before sending anyway.
 const IDEMPOTENCY_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Best-effort request id of a frame that could not be processed, so the
-/// error can name the request it answers.
-pub fn request_id(text: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(text).ok()?;
-    v.get("id")?
-        .as_str()
-        .filter(|s| s.len() <= MAX_REQUEST_ID_LEN)
-        .map(str::to_string)
-}
+pub use chat_core::decode::request_id;
 
 /// The answer to one request.
 pub struct Answer {
@@ -48,9 +40,19 @@ impl From<ServerFrame> for Answer {
 /// Handles one text frame from an authenticated client.
 #[tracing::instrument(skip_all)]
 pub async fn handle(st: &AppState, user: &UserId, text: &str) -> Answer {
-    let frame: ClientFrame = match serde_json::from_str(text) {
+    let frame = match chat_core::decode::decode(text) {
         Ok(f) => f,
-        Err(e) => return parse_error(text, &e).into(),
+        Err(e) => {
+            metrics::counter!("chat_gateway_request_errors_total", "code" => e.code.as_str())
+                .increment(1);
+            return ServerFrame::Error {
+                id: e.id,
+                code: e.code,
+                message: e.message,
+                room: None,
+            }
+            .into();
+        }
     };
     let id = match &frame {
         ClientFrame::Send { id, .. } => Some(id.to_string()),
@@ -62,13 +64,6 @@ pub async fn handle(st: &AppState, user: &UserId, text: &str) -> Answer {
         | ClientFrame::Ping { id } => id.clone(),
         ClientFrame::Hello { .. } => None,
     };
-    if id.as_ref().is_some_and(|i| i.len() > MAX_REQUEST_ID_LEN) {
-        return GatewayError::BadRequest(format!(
-            "id is longer than {MAX_REQUEST_ID_LEN} characters"
-        ))
-        .frame(None)
-        .into();
-    }
     let result = match frame {
         ClientFrame::Hello { .. } => Err(GatewayError::BadRequest("already authenticated".into())),
         ClientFrame::Ping { id } => Ok(ServerFrame::Pong { id }.into()),
@@ -99,44 +94,6 @@ pub async fn handle(st: &AppState, user: &UserId, text: &str) -> Answer {
             .increment(1);
         e.frame(id).into()
     })
-}
-
-/// Tells apart "not JSON / missing fields" from "unknown type".
-fn parse_error(text: &str, e: &serde_json::Error) -> ServerFrame {
-    let id = request_id(text);
-    let value: Option<serde_json::Value> = serde_json::from_str(text).ok();
-    let ty = value
-        .as_ref()
-        .and_then(|v| v.get("type"))
-        .and_then(|t| t.as_str())
-        .map(str::to_string);
-    let known = [
-        "hello",
-        "room.create",
-        "room.join",
-        "room.leave",
-        "rooms.list",
-        "send",
-        "history",
-        "ping",
-    ];
-    let (code, message) = match (value, ty) {
-        (Some(_), Some(t)) if !known.contains(&t.as_str()) => {
-            (ErrorCode::UnknownType, format!("unknown frame type {t:?}"))
-        }
-        (Some(_), _) => (ErrorCode::Malformed, format!("invalid frame: {e}")),
-        (None, _) => (
-            ErrorCode::Malformed,
-            format!("frame is not valid JSON: {e}"),
-        ),
-    };
-    metrics::counter!("chat_gateway_request_errors_total", "code" => code.as_str()).increment(1);
-    ServerFrame::Error {
-        id,
-        code,
-        message,
-        room: None,
-    }
 }
 
 async fn send(

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use chat_core::svc::ErrorCode;
-use chat_core::wire::{ClientFrame, PROTOCOL_VERSION, ServerFrame, close};
+use chat_core::wire::{PROTOCOL_VERSION, ServerFrame, close};
 use chat_core::{RoomId, UserId};
 use futures::stream::SplitStream;
 
@@ -80,7 +80,7 @@ pub async fn authenticate(
         Ok(Incoming::Violation { code, reason }) => return Err(Refusal::close_only(code, reason)),
         Ok(Incoming::Closed) => return Err(Refusal::close_only(1000, "")),
     };
-    let (v, token, resume) = parse(&first)?;
+    let chat_core::decode::Hello { v, token, resume } = parse(&first)?;
     if v != PROTOCOL_VERSION {
         return Err(Refusal::close_only(
             close::UNSUPPORTED_VERSION,
@@ -111,94 +111,29 @@ pub async fn authenticate(
     }
 }
 
-type Parsed = (u32, String, BTreeMap<RoomId, u64>);
-
-/// The fields of a `hello`, or how the frame is not one.
-pub fn parse(text: &str) -> Result<Parsed, Refusal> {
-    let bad =
-        |code: ErrorCode, message: String| Refusal::with_error(close::BAD_HELLO, code, message);
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-        bad(
-            ErrorCode::Malformed,
-            format!("the first frame must be a hello; it is not valid JSON ({e})"),
-        )
-    })?;
-    match value.get("type").and_then(|t| t.as_str()) {
-        Some("hello") => {}
-        Some(other) => {
-            return Err(bad(
-                ErrorCode::NotAuthenticated,
-                format!("send hello first, before {other:?}"),
-            ));
-        }
-        None => {
-            return Err(bad(
-                ErrorCode::Malformed,
-                "the first frame must be a hello object with \"type\":\"hello\"".into(),
-            ));
-        }
-    }
-    match serde_json::from_value::<ClientFrame>(value) {
-        Ok(ClientFrame::Hello { v, token, resume }) => Ok((v, token, resume.unwrap_or_default())),
-        Ok(_) => Err(bad(ErrorCode::Malformed, "not a hello".into())),
-        Err(e) => Err(bad(ErrorCode::Malformed, format!("invalid hello: {e}"))),
-    }
+/// The fields of a `hello`, or how the frame is not one (closed with 4005).
+fn parse(text: &str) -> Result<chat_core::decode::Hello, Refusal> {
+    chat_core::decode::decode_hello(text)
+        .map_err(|e| Refusal::with_error(close::BAD_HELLO, e.code, e.message))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn refused(text: &str) -> (u16, Option<ErrorCode>, String) {
-        match parse(text) {
-            Ok(p) => panic!("{text} parsed: {p:?}"),
-            Err(r) => {
-                let code = match r.frame.as_deref() {
-                    Some(ServerFrame::Error { code, .. }) => Some(*code),
-                    _ => None,
-                };
-                (r.code, code, r.reason)
-            }
-        }
-    }
-
     #[test]
-    fn a_malformed_resume_is_malformed_not_unauthorized() {
-        for resume in [
-            r#"{"r1":-1}"#,
-            r#"{"r1":"5"}"#,
-            "[1,2]",
-            r#"{"r1":1.5}"#,
-            r#"{"bad id":1}"#,
-        ] {
-            let text = format!(r#"{{"type":"hello","v":1,"token":"t","resume":{resume}}}"#);
-            let (close_code, code, reason) = refused(&text);
-            assert_eq!(close_code, close::BAD_HELLO, "{resume}");
-            assert_eq!(code, Some(ErrorCode::Malformed), "{resume}");
-            assert!(reason.starts_with("invalid hello"), "{reason}");
-        }
-    }
-
-    #[test]
-    fn another_request_first_is_not_authenticated_and_garbage_is_malformed() {
-        let (c, code, _) = refused(r#"{"type":"ping"}"#);
-        assert_eq!(
-            (c, code),
-            (close::BAD_HELLO, Some(ErrorCode::NotAuthenticated))
-        );
-        for text in ["{not json", "[]", "42", r#"{"v":1}"#] {
-            let (c, code, _) = refused(text);
-            assert_eq!(
-                (c, code),
-                (close::BAD_HELLO, Some(ErrorCode::Malformed)),
-                "{text}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_hello_without_a_token_parses_and_is_refused_later_as_unauthorized() {
-        let (v, token, resume) = parse(r#"{"type":"hello","v":1}"#).expect("parses");
-        assert_eq!((v, token.as_str(), resume.len()), (1, "", 0));
+    fn a_bad_hello_closes_with_4005_and_says_what_is_wrong() {
+        let r = parse(r#"{"type":"hello","v":1,"token":"t","resume":{"r1":-1}}"#)
+            .expect_err("malformed");
+        assert_eq!(r.code, close::BAD_HELLO);
+        assert!(matches!(
+            r.frame.as_deref(),
+            Some(ServerFrame::Error {
+                code: ErrorCode::Malformed,
+                ..
+            })
+        ));
+        let r = parse(r#"{"type":"ping"}"#).expect_err("not a hello");
+        assert_eq!(r.code, close::BAD_HELLO);
     }
 }

@@ -97,7 +97,7 @@ pub async fn next_frame(stream: &mut SplitStream<Socket>) -> Incoming {
 /// RFC 6455 §7.4.1: 1009 for too big, 1007 for a text frame that is not
 /// UTF-8, 1002 for any other protocol violation; a dropped socket is just
 /// closed.
-fn violation(e: tungstenite::Error) -> Incoming {
+pub fn violation(e: tungstenite::Error) -> Incoming {
     use tungstenite::error::ProtocolError;
     match e {
         tungstenite::Error::Capacity(c) => {

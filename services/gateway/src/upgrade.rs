@@ -45,12 +45,7 @@ pub async fn ws_upgrade(State(st): State<AppState>, mut req: Request) -> Respons
     };
     let permit = req.extensions().get::<ConnSlot>().and_then(ConnSlot::take);
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let limits = &st.config.limits;
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(limits.max_frame_bytes))
-        .max_frame_size(Some(limits.max_frame_bytes))
-        .read_buffer_size(limits.read_buffer_bytes)
-        .write_buffer_size(limits.write_buffer_bytes);
+    let config = ws_config(&st.config.limits);
     let tracker = st.sessions.clone();
     tracker.spawn(async move {
         match on_upgrade.await {
@@ -108,6 +103,17 @@ impl IntoResponse for BadHandshake {
         };
         (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response()
     }
+}
+
+/// The WebSocket settings of a session: frame and message size limits and
+/// buffer sizes from the gateway's limits; masked client frames only.
+pub fn ws_config(limits: &crate::config::Limits) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(limits.max_frame_bytes))
+        .max_frame_size(Some(limits.max_frame_bytes))
+        .read_buffer_size(limits.read_buffer_bytes)
+        .write_buffer_size(limits.write_buffer_bytes)
+        .accept_unmasked_frames(false)
 }
 
 /// The `Sec-WebSocket-Accept` value for a valid upgrade request.

@@ -314,6 +314,11 @@ async fn resume(
     job: ResumeJob,
     max: u64,
 ) -> Result<(), Stop> {
+    if cursors.last(&job.room).is_none() {
+        // The user left the room since the session started: nothing to
+        // catch up on any more.
+        return Ok(());
+    }
     let too_far = !job.clamped && job.tail.saturating_sub(job.after) > max;
     let complete = if too_far {
         // Too much to push: the client pages history for the range, and
