@@ -632,3 +632,60 @@ async fn a_room_evicted_from_a_full_member_cache_is_read_again_and_delivered_rig
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_presence_snapshot_lists_online_co_members_and_refuses_garbage() {
+    let app = spawn_app_with(&[("CHAT_FANOUT_PRESENCE_MAX_ROOM", "3")]).await;
+    app.set_members("small", &["bob", "carol", "dave"]);
+    app.set_members("big", &["bob", "erin", "frank", "gina"]);
+    for (user, gw) in [("carol", "g1"), ("dave", "g2"), ("erin", "g1")] {
+        app.online(user, gw).await;
+    }
+    let ask = |body: Vec<u8>| {
+        let client = app.client.clone();
+        async move {
+            let msg = within(
+                WAIT,
+                "a snapshot reply",
+                client.request(names::svc::FANOUT_PRESENCE_SNAPSHOT, body.into()),
+            )
+            .await
+            .expect("reply");
+            serde_json::from_slice::<Reply<chat_core::svc::PresenceSnapshot>>(&msg.payload)
+                .expect("a Reply")
+        }
+    };
+    // Both views must have seen the puts: wait until carol and dave show.
+    let query = serde_json::json!({"v": SCHEMA_VERSION, "user": "bob", "rooms": ["small", "big"]});
+    let snap = eventually(WAIT, "carol and dave online", || {
+        let body = query.to_string().into_bytes();
+        let ask = &ask;
+        async move {
+            match ask(body).await {
+                Reply::Ok(s) if s.online.len() == 2 => Some(s),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        snap.online,
+        vec![u("carol"), u("dave")],
+        "erin is only in a room over the limit"
+    );
+    assert!(!snap.more);
+    for (body, code) in [
+        (b"not json".to_vec(), ErrorCode::Malformed),
+        (br#"{"v":1,"user":"bob"}"#.to_vec(), ErrorCode::Malformed),
+        (
+            br#"{"v":2,"user":"bob","rooms":[]}"#.to_vec(),
+            ErrorCode::BadRequest,
+        ),
+    ] {
+        match ask(body.clone()).await {
+            Reply::Error(e) => assert_eq!(e.code, code, "{}", String::from_utf8_lossy(&body)),
+            Reply::Ok(s) => panic!("{} answered {s:?}", String::from_utf8_lossy(&body)),
+        }
+    }
+    app.stop().await;
+}
