@@ -338,6 +338,14 @@ pub async fn join_room(c: &mut WsClient, room: &str) -> anyhow::Result<Value> {
     c.recv_where(|v| v["id"] == "join").await
 }
 
+/// Joins `room` as `token`'s user over a short connection, closed at once:
+/// the user is a member and (again) offline.
+pub async fn join_briefly(ws_url: &str, token: &str, room: &str) -> anyhow::Result<()> {
+    let (mut c, _) = WsClient::connect_as(ws_url, token).await?;
+    join_room(&mut c, room).await?;
+    Ok(())
+}
+
 /// Asks for a history page.
 pub async fn history(c: &mut WsClient, room: &str, query: Value) -> anyhow::Result<Value> {
     let mut q = json!({"type": "history", "id": "hist", "room": room});

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chat_e2e::{System, create_room, join_room, send};
+use chat_e2e::{System, create_room, join_briefly, join_room, send};
 use chat_testkit::WsClient;
 use serde_json::{Value, json};
 
@@ -40,12 +40,9 @@ async fn a_resume_beyond_the_rooms_last_message_is_clamped_and_loses_nothing_aft
     let (mut alice, _) = sys.client("alice").await.expect("alice");
     let b = sys.login("bob").await.expect("bob");
     let room = create_room(&mut alice, "r").await.expect("room");
-    {
-        let (mut bob, _) = WsClient::connect_as(&sys.ws_url(), &b.token)
-            .await
-            .expect("bob");
-        join_room(&mut bob, &room).await.expect("join");
-    }
+    join_briefly(&sys.ws_url(), &b.token, &room)
+        .await
+        .expect("bob joins");
     for i in 1..=3 {
         send(&mut alice, &room, &format!("m{i}"), "before")
             .await
@@ -148,10 +145,7 @@ async fn a_message_sent_before_fanout_sees_a_new_connection_still_reaches_it() {
     let b = chat_e2e::login(&http, "bob").await.expect("bob");
     let (mut alice, _) = WsClient::connect_as(&ws, &a.token).await.expect("alice");
     let room = create_room(&mut alice, "r").await.expect("room");
-    {
-        let (mut bob, _) = WsClient::connect_as(&ws, &b.token).await.expect("bob");
-        join_room(&mut bob, &room).await.expect("join");
-    }
+    join_briefly(&ws, &b.token, &room).await.expect("bob joins");
     send(&mut alice, &room, "m1", "one").await.expect("ack");
     // Presence stalls: bob's connection stays invisible to fanout, so the
     // next message is delivered to nobody on bob's gateway.
@@ -192,12 +186,9 @@ async fn a_connecting_session_is_told_which_co_members_are_online() {
         .expect("a user in no shared room");
     let room = create_room(&mut alice, "r").await.expect("room");
     join_room(&mut carol, &room).await.expect("join");
-    {
-        let (mut bob, _) = WsClient::connect_as(&sys.ws_url(), &b.token)
-            .await
-            .expect("bob");
-        join_room(&mut bob, &room).await.expect("join");
-    }
+    join_briefly(&sys.ws_url(), &b.token, &room)
+        .await
+        .expect("bob joins");
     // Alice and carol were online before bob (re)connects: nothing changes
     // for them, so no presence change would ever tell him.
     let (mut bob, _) = WsClient::connect_as(&sys.ws_url(), &b.token)
@@ -262,12 +253,9 @@ async fn the_presence_snapshot_is_cut_at_its_limit_and_says_so() {
         online.push(c);
     }
     let b = sys.login("bob").await.expect("bob");
-    {
-        let (mut bob, _) = WsClient::connect_as(&sys.ws_url(), &b.token)
-            .await
-            .expect("bob");
-        join_room(&mut bob, &room).await.expect("join");
-    }
+    join_briefly(&sys.ws_url(), &b.token, &room)
+        .await
+        .expect("bob joins");
     // Three co-members are online; the snapshot lists two and says more.
     let (mut bob, _) = WsClient::connect_as(&sys.ws_url(), &b.token)
         .await

@@ -110,7 +110,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> an
         while let Some(msg) = deliveries.next().await {
             let delivered = serde_json::from_slice::<Delivery>(&msg.payload)
                 .map_err(|e| e.to_string())
-                .and_then(|d| registry.deliver(&d).map_err(str::to_string));
+                .and_then(|d| registry.deliver(d).map_err(str::to_string));
             match delivered {
                 Ok(n) => {
                     metrics::counter!("chat_gateway_deliveries_total").increment(1);

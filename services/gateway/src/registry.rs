@@ -262,25 +262,29 @@ impl Registry {
     /// says. The frame is shared, not copied, per session. Returns the
     /// number of frames queued; a delivery whose fields do not match its
     /// kind is refused.
-    pub fn deliver(&self, d: &Delivery) -> Result<usize, &'static str> {
-        let routed = d.routed()?;
-        if let Routed::Member { change } = routed {
-            self.set_member(&change.user, &change.room, change.op);
-        }
-        let frame = Utf8Bytes::from(d.frame.clone());
+    pub fn deliver(&self, d: Delivery) -> Result<usize, &'static str> {
+        // Messages are ordered per session; membership and presence frames
+        // carry no number of their own and pass as they come.
+        let msg = match d.routed()? {
+            Routed::Msg { room, seq } => Some((room.clone(), seq)),
+            Routed::Member { change } => {
+                self.set_member(&change.user, &change.room, change.op);
+                None
+            }
+            Routed::Presence => None,
+        };
+        let targets = self.sessions_of_users(d.users.iter());
+        let frame = Utf8Bytes::from(d.frame);
         // Push outside the lock: closing a slow session must not block others.
-        let queued = self
-            .sessions_of_users(d.users.iter())
+        let queued = targets
             .into_iter()
-            .filter(|s| match routed {
-                // Messages are ordered per session; membership and presence
-                // frames carry no number of their own and pass as they come.
-                Routed::Msg { room, seq } => s.push_out(Out::Msg {
+            .filter(|s| match &msg {
+                Some((room, seq)) => s.push_out(Out::Msg {
                     room: room.clone(),
-                    seq,
+                    seq: *seq,
                     frame: frame.clone(),
                 }),
-                Routed::Member { .. } | Routed::Presence => s.push(frame.clone()),
+                None => s.push(frame.clone()),
             })
             .count();
         Ok(queued)
@@ -378,7 +382,7 @@ mod tests {
             seq: Some(1),
             membership: None,
         };
-        assert!(reg.deliver(&d).is_err());
+        assert!(reg.deliver(d).is_err());
         assert!(rx.try_recv().is_none(), "nothing queued");
     }
 }
