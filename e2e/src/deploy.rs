@@ -13,7 +13,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use chat_testkit::free_port;
+use chat_testkit::{Role, free_port};
 
 /// How long a started service may take to answer `/readyz`.
 const READY_WITHIN: Duration = Duration::from_secs(60);
@@ -260,9 +260,11 @@ impl Deployment {
 
         // Gateways and auth have a public and an admin listener; the other
         // services only the admin one.
+        // Each process knows only its own NATS login, as in production.
         let make = |name: String, bin: &str, key: &str, more: &[(&str, String)]| {
             let a = local_addr();
-            let (admin, env) = match key.strip_suffix("_LISTEN") {
+            let role = role_of(bin);
+            let (admin, mut env) = match key.strip_suffix("_LISTEN") {
                 Some(prefix @ ("CHAT_GATEWAY" | "CHAT_AUTH")) => {
                     let admin = local_addr();
                     let mut env = with(key, a, more);
@@ -271,6 +273,7 @@ impl Deployment {
                 }
                 _ => (a, with(key, a, more)),
             };
+            env.extend(chat_testkit::service_env(role));
             ServiceProcess::new(name, bin, env, (a, admin), dir)
         };
         let mut auth = make("auth".into(), "chat-auth", "CHAT_AUTH_LISTEN", &[]);
@@ -344,6 +347,17 @@ impl Deployment {
     /// The history database every history instance shares.
     pub fn history_db(&self) -> PathBuf {
         self.data.path().join("history.db")
+    }
+}
+
+/// The NATS role a service binary connects as.
+fn role_of(bin: &str) -> Role {
+    match bin {
+        "chat-gateway" => Role::Gateway,
+        "chat-fanout" => Role::Fanout,
+        "chat-history" => Role::History,
+        "chat-presence" => Role::Presence,
+        _ => Role::Auth,
     }
 }
 

@@ -61,6 +61,7 @@ fn base_options(nats_url: &str, data: &Path, extra: &[(&str, &str)]) -> Vec<(Str
         ("CHAT_GATEWAY_HEARTBEAT_MS".into(), "1000".into()),
         ("CHAT_PRESENCE_TTL_MS".into(), "5000".into()),
     ];
+    opts.extend(chat_testkit::all_services_env());
     for (k, v) in extra {
         opts.retain(|(key, _)| key != k);
         opts.push(((*k).into(), (*v).into()));

@@ -26,14 +26,16 @@ fn read_deadline() -> Duration {
 /// Index in `cluster.nodes` of the room stream's leader (nodes are named
 /// n1, n2, n3 by the test kit), asked through any node but `skip`.
 async fn stream_leader(cluster: &NatsCluster, skip: Option<usize>) -> Option<usize> {
-    let urls: Vec<async_nats::ServerAddr> = cluster
+    let urls: Vec<String> = cluster
         .nodes
         .iter()
         .enumerate()
         .filter(|(i, _)| Some(*i) != skip)
-        .map(|(_, n)| n.url().parse().expect("node url"))
+        .map(|(_, n)| n.url())
         .collect();
-    let nc = async_nats::connect(urls).await.ok()?;
+    let nc = chat_testkit::connect_as(&urls.join(","), chat_testkit::Role::Admin)
+        .await
+        .ok()?;
     let js = async_nats::jetstream::new(nc);
     let mut stream = js.get_stream(chat_core::names::ROOM_STREAM).await.ok()?;
     let info = stream.info().await.ok()?;
@@ -157,7 +159,7 @@ async fn a_failing_history_store_holds_the_backlog_and_drains_it_once() {
         "nothing is written while the store fails"
     );
     // The backlog is held in the stream for history, not dropped.
-    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("nats"));
+    let js = async_nats::jetstream::new(nats.admin_client().await.expect("nats"));
     let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
         .get_consumer_from_stream(
             chat_core::names::HISTORY_DURABLE,

@@ -170,7 +170,11 @@ async fn deliver_raw(
 #[tokio::test]
 async fn the_gateway_drops_repeated_deliveries_and_fills_gaps_from_history() {
     let sys = System::start().await.expect("system");
-    let nc = async_nats::connect(sys.nats.as_ref().expect("own nats").url())
+    let nc = sys
+        .nats
+        .as_ref()
+        .expect("own nats")
+        .admin_client()
         .await
         .expect("nats client");
     let (mut alice, _) = sys.client("alice").await.expect("alice");
@@ -222,7 +226,7 @@ async fn the_gateway_drops_repeated_deliveries_and_fills_gaps_from_history() {
 #[tokio::test]
 async fn heads_let_a_gateway_fill_a_room_tail_whose_delivery_never_came() {
     let nats = chat_testkit::NatsServer::start().await.expect("nats");
-    let nc = async_nats::connect(nats.url()).await.expect("nats client");
+    let nc = nats.admin_client().await.expect("nats client");
     let mut d = chat_e2e::deploy::Deployment::start(&nats.url(), 1, &[])
         .await
         .expect("every service as a process");

@@ -1,7 +1,8 @@
 //! The README's first command, `./scripts/up`, as a newcomer runs it after
 //! the test command built the workspace: it reuses that build (nothing is
 //! relinked), its output carries no terminal colours when it is not a
-//! terminal, and the URL to open is the last line when the system is up.
+//! terminal, the URL to open is the last line when the system is up, and
+//! its NATS refuses clients without a login.
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
@@ -38,9 +39,11 @@ async fn scripts_up_reuses_the_build_and_ends_with_the_url() {
             up.env_remove(key.as_ref());
         }
     }
+    let nats_port = free_port();
     let mut child = up
         .arg(root.join("scripts/up"))
-        .env("CHAT_NATS_PORT", free_port().to_string())
+        .env("CHAT_NATS_PORT", nats_port.to_string())
+        .env("CHAT_NATS_AUTH_DIR", dir.path().join("nats-auth"))
         .env("CHAT_NATS_STORE_DIR", dir.path().join("nats"))
         .env("CHAT_DATA_DIR", dir.path().join("data"))
         .env("CHAT_GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
@@ -87,6 +90,19 @@ async fn scripts_up_reuses_the_build_and_ends_with_the_url() {
         .await
         .expect("the printed URL answers");
     assert_eq!(page.status(), 200);
+    // The local NATS runs the production permission setup: no anonymous
+    // clients, and the services got in with their own passwords.
+    let nats_url = format!("nats://127.0.0.1:{nats_port}");
+    assert!(
+        async_nats::connect(&nats_url).await.is_err(),
+        "the local NATS accepts anonymous clients"
+    );
+    let admin = std::fs::read_to_string(dir.path().join("nats-auth/admin.password"))
+        .expect("admin password written");
+    async_nats::ConnectOptions::with_user_and_password("admin".into(), admin.trim().into())
+        .connect(&nats_url)
+        .await
+        .expect("admin logs in with the written password");
     // Nothing more is printed on stdout once the URL is out.
     assert!(
         rx.recv_timeout(Duration::from_millis(300)).is_err(),

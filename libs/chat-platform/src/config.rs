@@ -47,6 +47,12 @@ impl MapSource {
         self.0.insert(key.to_string(), value.into());
         self
     }
+
+    /// Adds several options (builder style).
+    pub fn with_all(mut self, options: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.0.extend(options);
+        self
+    }
 }
 
 impl Source for MapSource {
@@ -285,6 +291,25 @@ impl<'a> Settings<'a> {
     pub fn secret(&self, key: &str) -> Option<Secret> {
         self.raw(key).map(Secret::new)
     }
+
+    /// A secret read from the file named by option `key` (surrounding
+    /// whitespace trimmed); an unreadable or empty file is an error.
+    pub fn password_file(&self, key: &str) -> Result<Option<Secret>, ConfigError> {
+        let Some(path) = self.raw(key) else {
+            return Ok(None);
+        };
+        let invalid = |reason: String| ConfigError::Invalid {
+            key: key.to_string(),
+            value: path.clone(),
+            reason,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| invalid(e.to_string()))?;
+        let secret = text.trim();
+        if secret.is_empty() {
+            return Err(invalid("the file is empty".into()));
+        }
+        Ok(Some(Secret::new(secret)))
+    }
 }
 
 /// Options every service shares.
@@ -292,8 +317,16 @@ impl<'a> Settings<'a> {
 pub struct Common {
     /// `CHAT_NATS_URL`: NATS servers, comma-separated. Default `nats://127.0.0.1:4222`.
     pub nats_url: String,
-    /// `CHAT_NATS_CREDS`: optional path of a NATS credentials file.
+    /// `CHAT_NATS_CREDS`: optional path of a NATS credentials file
+    /// (operator/JWT mode).
     pub nats_creds: Option<PathBuf>,
+    /// The NATS user and password this service connects as (ADR 0006):
+    /// `CHAT_<SVC>_NATS_USER` or `CHAT_NATS_USER` (default: the service's
+    /// name), password from `CHAT_<SVC>_NATS_PASSWORD_FILE`,
+    /// `CHAT_<SVC>_NATS_PASSWORD`, `CHAT_NATS_PASSWORD_FILE` or
+    /// `CHAT_NATS_PASSWORD`, first found. Without a password the service
+    /// connects without credentials (a NATS with no authorization).
+    pub nats_login: Option<NatsLogin>,
     /// `CHAT_MANAGE_NATS`: create streams, consumers and buckets at start
     /// (default true). Off for platforms that manage them declaratively.
     pub manage_nats: bool,
@@ -310,8 +343,58 @@ pub struct Common {
     pub room_tail_cache: usize,
 }
 
+/// A NATS user name and password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsLogin {
+    pub user: String,
+    pub password: Secret,
+}
+
+impl NatsLogin {
+    /// Reads the login of service `svc` (`GATEWAY`, …; its NATS user name by
+    /// default is `svc` lower-cased).
+    fn from_settings(s: &Settings<'_>, svc: &str) -> Result<Option<Self>, ConfigError> {
+        let own = |k: &str| format!("CHAT_{svc}_NATS_{k}");
+        let password = match s.password_file(&own("PASSWORD_FILE"))? {
+            Some(p) => Some(p),
+            None => match s.secret(&own("PASSWORD")) {
+                Some(p) => Some(p),
+                None => match s.password_file("CHAT_NATS_PASSWORD_FILE")? {
+                    Some(p) => Some(p),
+                    None => s.secret("CHAT_NATS_PASSWORD"),
+                },
+            },
+        };
+        let Some(password) = password else {
+            return Ok(None);
+        };
+        let (key, user) = match s.raw(&own("USER")) {
+            Some(u) => (own("USER"), u),
+            None => (
+                "CHAT_NATS_USER".to_string(),
+                s.string("CHAT_NATS_USER", &svc.to_ascii_lowercase()),
+            ),
+        };
+        let valid = !user.is_empty()
+            && user.len() <= 64
+            && user
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid {
+            return Err(ConfigError::Invalid {
+                key,
+                value: user,
+                reason: "a NATS user is 1 to 64 of A-Z a-z 0-9 _ -".into(),
+            });
+        }
+        Ok(Some(Self { user, password }))
+    }
+}
+
 impl Common {
-    pub fn from_settings(s: &Settings<'_>) -> Result<Self, ConfigError> {
+    /// The shared options of service `svc` (`AUTH`, `GATEWAY`, `FANOUT`,
+    /// `HISTORY`, `PRESENCE`: it picks the service's own NATS login).
+    pub fn from_settings(s: &Settings<'_>, svc: &str) -> Result<Self, ConfigError> {
         let stream_replicas = s.at_least("CHAT_STREAM_REPLICAS", 1usize, 1)?;
         if stream_replicas > 5 {
             return Err(ConfigError::Invalid {
@@ -323,6 +406,7 @@ impl Common {
         Ok(Self {
             nats_url: s.string("CHAT_NATS_URL", "nats://127.0.0.1:4222"),
             nats_creds: s.raw("CHAT_NATS_CREDS").map(PathBuf::from),
+            nats_login: NatsLogin::from_settings(s, svc)?,
             manage_nats: s.bool("CHAT_MANAGE_NATS", true)?,
             stream_replicas,
             dedup_window: s.millis(
@@ -363,6 +447,42 @@ mod tests {
         let err = s.at_least("CHAT_N", 5u32, 1).err().map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("CHAT_N") && e.contains("at least 1")));
         assert_eq!(s.parse("CHAT_UNSET", 7u32).ok(), Some(7));
+    }
+
+    #[test]
+    fn nats_login_prefers_the_services_own_options() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "from-file\n").unwrap_or_else(|e| panic!("{e}"));
+        let login = |src: &MapSource| {
+            Common::from_settings(&Settings::new(src), "GATEWAY").map(|c| {
+                c.nats_login
+                    .map(|l| (l.user, l.password.expose().to_string()))
+            })
+        };
+        assert_eq!(login(&MapSource::new()).ok(), Some(None));
+        let shared = MapSource::new().with("CHAT_NATS_PASSWORD", "shared");
+        assert_eq!(
+            login(&shared).ok().flatten(),
+            Some(("gateway".into(), "shared".into()))
+        );
+        let own = shared.clone().with("CHAT_GATEWAY_NATS_USER", "gw-1").with(
+            "CHAT_GATEWAY_NATS_PASSWORD_FILE",
+            file.display().to_string(),
+        );
+        assert_eq!(
+            login(&own).ok().flatten(),
+            Some(("gw-1".into(), "from-file".into()))
+        );
+        let bad = shared.clone().with("CHAT_NATS_USER", "a.b");
+        let err = login(&bad).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("CHAT_NATS_USER"), "{err}");
+        let missing = MapSource::new().with("CHAT_NATS_PASSWORD_FILE", "/nonexistent/pw");
+        let err = login(&missing)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("CHAT_NATS_PASSWORD_FILE"), "{err}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod http;
 pub mod nats;
+pub mod nats_security;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -31,9 +31,19 @@ pub async fn connect(
             match event {
                 async_nats::Event::Connected => tracing::info!("nats connected"),
                 async_nats::Event::Disconnected => tracing::warn!("nats disconnected"),
+                // Permission violations arrive here: an operator must see them.
+                async_nats::Event::ServerError(e) => {
+                    tracing::error!(error = %e, "nats server error")
+                }
                 other => tracing::info!(event = %other, "nats event"),
             }
         });
+    if let Some(login) = &common.nats_login {
+        // Each identity may only read its own inboxes (ADR 0006).
+        opts = opts
+            .user_and_password(login.user.clone(), login.password.expose().to_string())
+            .custom_inbox_prefix(format!("_INBOX.{}", login.user));
+    }
     if let Some(creds) = &common.nats_creds {
         opts = opts
             .credentials_file(creds)

@@ -29,7 +29,11 @@ async fn racing_writers_on_an_r3_stream_all_succeed_with_a_gap_free_sequence() {
         let url = cluster.nodes[w % 3].url();
         let (room, settings) = (room.clone(), settings.clone());
         tasks.push(tokio::spawn(async move {
-            let js = jetstream::new(async_nats::connect(url).await.expect("connect"));
+            let js = jetstream::new(
+                chat_testkit::connect_as(&url, chat_testkit::Role::Admin)
+                    .await
+                    .expect("connect"),
+            );
             let stream = setup::room_stream(&js, &settings).await.expect("stream");
             let log = RoomLog::new(js, stream);
             // A new R3 stream answers direct gets once its replicas are up.

@@ -15,7 +15,7 @@ fn seqs(events: &[chat_core::events::RoomEvent]) -> Vec<u64> {
 #[tokio::test]
 async fn a_rooms_range_is_read_from_the_stream_in_order_up_to_a_hole() {
     let nats = NatsServer::start().await.expect("nats");
-    let js = jetstream::new(async_nats::connect(nats.url()).await.expect("connect"));
+    let js = jetstream::new(nats.admin_client().await.expect("connect"));
     let stream = setup::room_stream(&js, &StreamSettings::default())
         .await
         .expect("stream");

@@ -11,7 +11,7 @@ use chat_testkit::NatsServer;
 #[tokio::test]
 async fn the_tail_cache_is_bounded_and_a_dropped_tail_is_read_again() {
     let nats = NatsServer::start().await.expect("nats");
-    let js = jetstream::new(async_nats::connect(nats.url()).await.expect("connect"));
+    let js = jetstream::new(nats.admin_client().await.expect("connect"));
     let stream = setup::room_stream(&js, &StreamSettings::default())
         .await
         .expect("stream");

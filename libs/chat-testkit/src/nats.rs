@@ -77,8 +77,13 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
+        let conf = self.dir.path().join("auth.conf");
+        std::fs::write(&conf, crate::nats_auth::authorization_config())
+            .context("write the NATS authorization config")?;
         let mut cmd = Command::new(nats_server_bin());
-        cmd.arg("-a")
+        cmd.arg("-c")
+            .arg(&conf)
+            .arg("-a")
             .arg("127.0.0.1")
             .arg("-p")
             .arg(self.port.to_string())
@@ -120,9 +125,16 @@ impl NatsServer {
         self.child.as_ref().map(Child::id)
     }
 
-    /// `nats://127.0.0.1:<port>`
+    /// `nats://127.0.0.1:<port>`, without credentials: what services are
+    /// configured with (they add their own login).
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// A client logged in as admin, for the test's own use (async-nats
+    /// ignores credentials in URLs, so they cannot travel in one).
+    pub async fn admin_client(&self) -> anyhow::Result<async_nats::Client> {
+        crate::connect_as(&self.url(), crate::Role::Admin).await
     }
 
     /// The server's log so far (for failure messages).
@@ -141,7 +153,7 @@ impl NatsServer {
             }
             if let Ok(Ok(nc)) = tokio::time::timeout(
                 Duration::from_secs(1),
-                async_nats::ConnectOptions::new().connect(self.url()),
+                crate::connect_as(&self.url(), crate::Role::Admin),
             )
             .await
             {
@@ -185,8 +197,26 @@ impl NatsServer {
 }
 
 impl Drop for NatsServer {
+    /// Kills the server, and prints the permission violations it logged:
+    /// a service refused by the permission setup shows up in the failing
+    /// test's output instead of as a mysterious timeout.
     fn drop(&mut self) {
         self.kill();
+        let log = self.log();
+        let violations: Vec<&str> = log.lines().filter(|l| l.contains("Violation")).collect();
+        if !violations.is_empty() {
+            eprintln!(
+                "nats-server {} refused ({} lines):\n{}",
+                self.name,
+                violations.len(),
+                violations
+                    .iter()
+                    .take(20)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
     }
 }
 
@@ -260,8 +290,7 @@ impl NatsCluster {
     /// meta leader exists and every peer is known), by creating and
     /// deleting a probe R3 stream.
     pub async fn wait_replicated(&self) -> anyhow::Result<()> {
-        let nc = async_nats::ConnectOptions::new()
-            .connect(self.nodes[0].url())
+        let nc = crate::connect_as(&self.nodes[0].url(), crate::Role::Admin)
             .await
             .context("connect to the cluster")?;
         let js = async_nats::jetstream::new(nc);

@@ -4,6 +4,8 @@
 //! `CHAT_DATA_DIR`, internal services on loopback ports, and the gateway
 //! forwarding `/auth/*` to the in-process auth service.
 
+pub mod nats_setup;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 

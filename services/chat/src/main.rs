@@ -1,10 +1,22 @@
 //! `chat`: all five services in one process (see the library for the
-//! composition). Prints the URL to open.
+//! composition). Prints the URL to open. `chat nats-setup <dir>` writes the
+//! NATS identities instead (see `chat::nats_setup`).
 
 use chat_platform::config::EnvSource;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [cmd, dir] = args.as_slice()
+        && cmd == "nats-setup"
+    {
+        let conf = chat::nats_setup::run(std::path::Path::new(dir))?;
+        println!("{}", conf.display());
+        return Ok(());
+    }
+    if !args.is_empty() {
+        anyhow::bail!("usage: chat [nats-setup <dir>]");
+    }
     chat_platform::telemetry::init(&std::env::var("CHAT_LOG_FORMAT").unwrap_or_default());
     let mut running = chat::start(
         Box::new(EnvSource::load()?),

@@ -90,7 +90,7 @@ impl Config {
             heads_interval,
             heads_window,
             presence_max_room: s.at_least("CHAT_FANOUT_PRESENCE_MAX_ROOM", 500usize, 0)?,
-            common: Common::from_settings(&s)?,
+            common: Common::from_settings(&s, "FANOUT")?,
         })
     }
 }

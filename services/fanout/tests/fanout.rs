@@ -77,7 +77,7 @@ async fn spawn_app() -> App {
 async fn spawn_app_with(extra: &[(&str, &str)]) -> App {
     chat_platform::telemetry::init_for_tests();
     let nats = NatsServer::start().await.expect("nats-server starts");
-    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let client = nats.admin_client().await.expect("connect");
     let js = jetstream::new(client.clone());
     let settings = StreamSettings::default();
     // The presence service owns the bucket; fanout waits for it to exist.
@@ -101,6 +101,7 @@ async fn spawn_app_with(extra: &[(&str, &str)]) -> App {
 
     let mut src = MapSource::new()
         .with("CHAT_NATS_URL", nats.url())
+        .with_all(chat_testkit::service_env(chat_testkit::Role::Fanout))
         .with("CHAT_FANOUT_BATCH", "16");
     for (k, v) in extra {
         src = src.with(k, *v);

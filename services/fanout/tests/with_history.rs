@@ -56,7 +56,7 @@ async fn call<Q: Serialize, R: DeserializeOwned>(
 async fn events_of_a_room_made_through_history_reach_its_online_members() {
     chat_platform::telemetry::init_for_tests();
     let nats = NatsServer::start().await.expect("nats-server");
-    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let client = nats.admin_client().await.expect("connect");
     let js = jetstream::new(client.clone());
     let presence = setup::presence_bucket(&js, &StreamSettings::default(), Duration::from_secs(60))
         .await
@@ -79,10 +79,13 @@ async fn events_of_a_room_made_through_history_reach_its_online_members() {
 
     let shutdown = Shutdown::new();
     let dir = tempfile::tempdir().expect("temp dir");
-    let history_src = MapSource::new().with("CHAT_NATS_URL", nats.url()).with(
-        "CHAT_HISTORY_DB",
-        dir.path().join("h.db").display().to_string(),
-    );
+    let history_src = MapSource::new()
+        .with("CHAT_NATS_URL", nats.url())
+        .with_all(chat_testkit::service_env(chat_testkit::Role::History))
+        .with(
+            "CHAT_HISTORY_DB",
+            dir.path().join("h.db").display().to_string(),
+        );
     let history_cfg = chat_history::Config::from_source(&history_src).expect("history config");
     let history = tokio::spawn(chat_history::run(
         history_cfg,
@@ -91,7 +94,9 @@ async fn events_of_a_room_made_through_history_reach_its_online_members() {
             .expect("bind"),
         shutdown.clone(),
     ));
-    let fanout_src = MapSource::new().with("CHAT_NATS_URL", nats.url());
+    let fanout_src = MapSource::new()
+        .with("CHAT_NATS_URL", nats.url())
+        .with_all(chat_testkit::service_env(chat_testkit::Role::Fanout));
     let fanout_cfg = chat_fanout::Config::from_source(&fanout_src).expect("fanout config");
     let fanout = tokio::spawn(chat_fanout::run(
         fanout_cfg,

@@ -200,7 +200,7 @@ impl Config {
             request_timeout: s.millis("CHAT_GATEWAY_REQUEST_TIMEOUT_MS", Duration::from_secs(5))?,
             shutdown_grace: s.millis("CHAT_GATEWAY_SHUTDOWN_GRACE_MS", Duration::from_secs(10))?,
             limits,
-            common: Common::from_settings(&s)?,
+            common: Common::from_settings(&s, "GATEWAY")?,
         })
     }
 }

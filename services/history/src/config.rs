@@ -72,7 +72,7 @@ impl Config {
                 created_per_hour: s.at_least("CHAT_HISTORY_ROOMS_PER_HOUR", 100u64, 1)?,
                 max_per_user: s.at_least("CHAT_HISTORY_MAX_ROOMS_PER_USER", 10_000u64, 1)?,
             },
-            common: Common::from_settings(&s)?,
+            common: Common::from_settings(&s, "HISTORY")?,
         })
     }
 }

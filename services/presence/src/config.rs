@@ -52,7 +52,7 @@ impl Config {
         Ok(Config {
             listen,
             ttl: Duration::from_millis(ttl_ms),
-            common: Common::from_settings(&s)?,
+            common: Common::from_settings(&s, "PRESENCE")?,
         })
     }
 }

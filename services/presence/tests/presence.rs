@@ -38,6 +38,7 @@ async fn spawn_app(ttl_ms: u64) -> App {
     let nats = NatsServer::start().await.expect("nats-server starts");
     let src = MapSource::new()
         .with("CHAT_NATS_URL", nats.url())
+        .with_all(chat_testkit::service_env(chat_testkit::Role::Presence))
         .with("CHAT_PRESENCE_TTL_MS", ttl_ms.to_string());
     let config = chat_presence::Config::from_source(&src).expect("valid config");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -46,7 +47,7 @@ async fn spawn_app(ttl_ms: u64) -> App {
     let addr = listener.local_addr().expect("local addr");
     let shutdown = Shutdown::new();
     let task = tokio::spawn(chat_presence::run(config, listener, shutdown.clone()));
-    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let client = nats.admin_client().await.expect("connect");
     let changes = client
         .subscribe(names::PRESENCE_USER_ALL)
         .await

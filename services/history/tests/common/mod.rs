@@ -36,9 +36,7 @@ impl Harness {
     pub async fn start() -> Self {
         chat_platform::telemetry::init_for_tests();
         let nats = NatsServer::start().await.expect("nats-server starts");
-        let client = async_nats::connect(nats.url())
-            .await
-            .expect("test client connects");
+        let client = nats.admin_client().await.expect("test client connects");
         let js = jetstream::new(client.clone());
         let stream = setup::room_stream(&js, &StreamSettings::default())
             .await
@@ -62,6 +60,7 @@ impl Harness {
     pub fn config(&self) -> Config {
         let src = MapSource::new()
             .with("CHAT_NATS_URL", self.nats.url())
+            .with_all(chat_testkit::service_env(chat_testkit::Role::History))
             .with("CHAT_HISTORY_DB", self.db().display().to_string())
             .with("CHAT_HISTORY_BATCH", "16")
             .with("CHAT_HISTORY_RETRY_MAX_MS", "200")
