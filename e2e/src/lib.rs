@@ -26,6 +26,8 @@ pub const AUDIENCE: &str = "chat";
 pub struct Login {
     pub token: String,
     pub user_id: String,
+    /// The session's refresh token (dev login returns it in the body).
+    pub refresh_token: String,
 }
 
 /// Dev login through `base` (the gateway's HTTP URL).
@@ -47,6 +49,10 @@ pub async fn login(base: &str, username: &str) -> anyhow::Result<Login> {
             .context("access_token")?
             .to_string(),
         user_id: body["user"]["id"].as_str().context("user.id")?.to_string(),
+        refresh_token: body["refresh_token"]
+            .as_str()
+            .context("refresh_token")?
+            .to_string(),
     })
 }
 

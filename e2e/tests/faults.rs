@@ -47,6 +47,14 @@ async fn stream_leader(cluster: &NatsCluster, skip: Option<usize>) -> Option<usi
 /// One NATS server, `instances` of every service as processes, and the
 /// load running with its clients spread over all gateways.
 async fn deployed_under_load(instances: usize) -> (NatsServer, Deployment, Run) {
+    deployed_under_load_of(instances, load::per_sender()).await
+}
+
+/// Like [`deployed_under_load`] with `per_sender` messages per sender.
+async fn deployed_under_load_of(
+    instances: usize,
+    per_sender: usize,
+) -> (NatsServer, Deployment, Run) {
     let nats = NatsServer::start().await.expect("nats");
     let d = Deployment::start(&nats.url(), instances, &LOAD_OPTIONS)
         .await
@@ -54,7 +62,7 @@ async fn deployed_under_load(instances: usize) -> (NatsServer, Deployment, Run) 
     let plan = load::prepare(&d.gateways[0].http_url(), &d.gateways[0].ws_url())
         .await
         .expect("rooms");
-    let run = Run::start(plan, d.ws_urls(), load::per_sender(), read_deadline());
+    let run = Run::start(plan, d.ws_urls(), per_sender, read_deadline());
     (nats, d, run)
 }
 
@@ -107,7 +115,9 @@ async fn killing_one_instance_of_every_service_loses_nothing() {
 
 #[tokio::test]
 async fn a_rolling_restart_of_both_gateways_resumes_every_client() {
-    let (_nats, mut d, run) = deployed_under_load(2).await;
+    // Enough messages that the load outlasts the first gateway's restart,
+    // so the second restart still finds readers connected.
+    let (_nats, mut d, run) = deployed_under_load_of(2, load::per_sender() * 4).await;
 
     // One gateway at a time: SIGTERM (clients get `reconnect` and 1001 and
     // move to the other gateway), wait for a clean exit, start it again.

@@ -57,7 +57,7 @@ fn forbidden(role: Role) -> (Vec<&'static str>, Vec<&'static str>) {
                 "presence.user.u1",
                 "$KV.chat_presence.u1.g1",
                 "fanout.membership",
-                "auth.revoked",
+                "$KV.chat_revoked.s1",
                 "$JS.API.STREAM.DELETE.CHAT_ROOMS",
                 "$JS.API.STREAM.PURGE.CHAT_ROOMS",
                 "$JS.API.CONSUMER.CREATE.CHAT_ROOMS.x",
@@ -104,7 +104,12 @@ fn forbidden(role: Role) -> (Vec<&'static str>, Vec<&'static str>) {
             vec!["svc.history.>", "gw.*.deliver", "chat.room.>"],
         ),
         Role::Auth => (
-            vec!["chat.room.r1.msg", "gw.g1.deliver", "presence.in.g1"],
+            vec![
+                "chat.room.r1.msg",
+                "gw.g1.deliver",
+                "presence.in.g1",
+                "$KV.chat_presence.u1.g1",
+            ],
             vec!["chat.room.>", "gw.*.deliver", "presence.in.*"],
         ),
         Role::Admin => (vec![], vec![]),

@@ -12,6 +12,7 @@ use crate::wire::{ClientFrame, MAX_REQUEST_ID_LEN};
 /// Every `type` a client may send.
 pub const CLIENT_TYPES: &[&str] = &[
     "hello",
+    "auth",
     "room.create",
     "room.join",
     "room.leave",
@@ -57,7 +58,8 @@ pub fn decode(text: &str) -> Result<ClientFrame, DecodeError> {
         | ClientFrame::RoomLeave { id, .. }
         | ClientFrame::History { id, .. }
         | ClientFrame::RoomsList { id, .. }
-        | ClientFrame::Ping { id } => id.as_deref(),
+        | ClientFrame::Ping { id }
+        | ClientFrame::Auth { id, .. } => id.as_deref(),
         ClientFrame::Send { .. } | ClientFrame::Hello { .. } => None,
     };
     if id.is_some_and(|i| i.len() > MAX_REQUEST_ID_LEN) {

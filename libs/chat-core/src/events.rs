@@ -266,3 +266,13 @@ mod tests {
         assert_eq!(back, ev);
     }
 }
+
+/// A revoked sign-in session, as stored under its id in
+/// [`crate::names::REVOKED_BUCKET`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revoked {
+    pub v: u32,
+    pub user: UserId,
+    /// Unix milliseconds.
+    pub at: u64,
+}

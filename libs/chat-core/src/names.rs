@@ -97,6 +97,12 @@ pub fn presence_user(user: &UserId) -> String {
 /// Every user's presence changes.
 pub const PRESENCE_USER_ALL: &str = "presence.user.*";
 
+/// KV bucket of revoked sign-in sessions: key = the session id (`sid`),
+/// value a [`crate::events::Revoked`]; written by auth, watched by gateways,
+/// which close that session's connections and refuse its tokens. Entries
+/// live as long as an access token can (they expire with `max_age`).
+pub const REVOKED_BUCKET: &str = "chat_revoked";
+
 /// KV bucket: key `<user_id>.<gateway_id>` exists while that gateway holds
 /// at least one connection of that user; entries expire when heartbeats stop.
 pub const PRESENCE_BUCKET: &str = "chat_presence";

@@ -87,6 +87,16 @@ pub enum ClientFrame {
         #[serde(default)]
         id: Option<String>,
     },
+    /// A fresh access token for the same user, before the current one
+    /// expires: the session then lives until the new token's expiry.
+    /// Answered with `authenticated`, or an `unauthorized` error (the
+    /// session keeps its old token).
+    #[serde(rename = "auth")]
+    Auth {
+        #[serde(default)]
+        id: Option<String>,
+        token: String,
+    },
 }
 
 /// Limits announced to the client in `welcome`.
@@ -210,6 +220,13 @@ pub enum ServerFrame {
         user: UserId,
         status: PresenceStatus,
     },
+    /// Reply to `auth`: the session now lives until `exp` (Unix seconds).
+    #[serde(rename = "authenticated")]
+    Authenticated {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        exp: u64,
+    },
     /// Reply to `ping`.
     #[serde(rename = "pong")]
     Pong {
@@ -260,6 +277,12 @@ pub mod close {
     pub const TOO_MANY_CONNECTIONS: u16 = 4008;
     /// The outbound queue overflowed (client too slow): reconnect and resume.
     pub const SLOW_CONSUMER: u16 = 4009;
+    /// The session was revoked (sign-out, refresh-token reuse): sign in
+    /// again; do not reconnect with the same token.
+    pub const REVOKED: u16 = 4010;
+    /// The access token expired without an `auth` frame renewing it:
+    /// refresh the token, then reconnect and resume.
+    pub const TOKEN_EXPIRED: u16 = 4011;
 }
 
 #[cfg(test)]

@@ -12,5 +12,5 @@ pub mod testing;
 mod verifier;
 
 pub use key::{Jwk, Jwks, KeyError, KeyPair};
-pub use signer::{SignError, Signer};
+pub use signer::{ACCESS_TOKEN_TYP, Grant, SignError, Signer};
 pub use verifier::{Claims, DEFAULT_LEEWAY, DEFAULT_MIN_REFETCH_INTERVAL, Verifier, VerifyError};

@@ -24,7 +24,7 @@ pub fn claims(issuer: &str, audience: &str, user: &UserId, name: &str, exp: u64)
 
 /// For tests: an unsigned `alg: none` token naming key `kid`.
 pub fn alg_none_token(kid: &str, claims: &Value) -> String {
-    let header = json!({ "alg": "none", "typ": "JWT", "kid": kid });
+    let header = json!({ "alg": "none", "typ": "at+jwt", "kid": kid });
     format!("{}.{}.", encode_part(&header), encode_part(claims))
 }
 
@@ -32,6 +32,7 @@ pub fn alg_none_token(kid: &str, claims: &Value) -> String {
 /// (the classic attack uses the public key bytes as the secret).
 pub fn hs256_token(kid: &str, secret: &[u8], claims: &Value) -> String {
     let mut header = Header::new(Algorithm::HS256);
+    header.typ = Some(crate::ACCESS_TOKEN_TYP.to_string());
     header.kid = Some(kid.to_string());
     jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(secret)).unwrap_or_default()
 }
@@ -46,10 +47,23 @@ pub fn foreign_key_token(kid: &str, claims: &Value) -> String {
         return String::new();
     };
     let mut header = Header::new(Algorithm::EdDSA);
+    header.typ = Some(crate::ACCESS_TOKEN_TYP.to_string());
     header.kid = Some(kid.to_string());
     jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(&der)).unwrap_or_default()
 }
 
 fn encode_part(v: &Value) -> String {
     URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+/// For tests: a token signed by `key` exactly like an access token, but
+/// with JOSE `typ` `typ` (e.g. `JWT`, what ID tokens carry).
+pub fn typed_token(key: &KeyPair, typ: &str, claims: &Value) -> String {
+    let Ok(der) = key.pkcs8_der() else {
+        return String::new();
+    };
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.typ = Some(typ.to_string());
+    header.kid = Some(key.kid().to_string());
+    jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(&der)).unwrap_or_default()
 }

@@ -14,7 +14,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use crate::key::{Jwk, Jwks};
-use crate::signer::TokenClaims;
+use crate::signer::{ACCESS_TOKEN_TYP, TokenClaims};
 
 /// Clock skew tolerated on `exp` unless the caller chooses otherwise.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(5);
@@ -35,6 +35,10 @@ pub struct Claims {
     pub name: String,
     /// Expiry, Unix seconds.
     pub exp: u64,
+    /// The sign-in session (`sid`), when the token was issued for one.
+    pub session: Option<String>,
+    /// Scopes (service accounts); empty for people.
+    pub scopes: Vec<String>,
 }
 
 /// Why a token was not accepted. Every variant but `Unavailable` means the
@@ -46,6 +50,8 @@ pub enum VerifyError {
     Malformed(String),
     #[error("algorithm {0:?} is not allowed (only EdDSA)")]
     AlgorithmNotAllowed(String),
+    #[error("not an access token (typ {0:?}, expected \"at+jwt\")")]
+    NotAnAccessToken(String),
     #[error("token signed with unknown key {0:?}")]
     UnknownKey(String),
     #[error("bad token signature")]
@@ -154,6 +160,12 @@ impl Verifier {
         if header.alg != "EdDSA" {
             return Err(VerifyError::AlgorithmNotAllowed(header.alg));
         }
+        let typ = header.typ.unwrap_or_default();
+        let typ_ok = typ.eq_ignore_ascii_case(ACCESS_TOKEN_TYP)
+            || typ.eq_ignore_ascii_case("application/at+jwt");
+        if !typ_ok {
+            return Err(VerifyError::NotAnAccessToken(typ));
+        }
         let kid = header
             .kid
             .ok_or_else(|| VerifyError::Malformed("no kid in header".into()))?;
@@ -169,6 +181,12 @@ impl Verifier {
             user,
             name: data.claims.name,
             exp: data.claims.exp,
+            session: data.claims.sid,
+            scopes: data
+                .claims
+                .scope
+                .map(|s| s.split_whitespace().map(str::to_string).collect())
+                .unwrap_or_default(),
         })
     }
 
@@ -234,6 +252,8 @@ impl Verifier {
 #[derive(Deserialize)]
 struct RawHeader {
     alg: String,
+    #[serde(default)]
+    typ: Option<String>,
     #[serde(default)]
     kid: Option<String>,
 }

@@ -132,7 +132,7 @@ async fn garbage_and_kidless_tokens_are_malformed() {
     }
     let kidless = format!(
         "{}.{}.c2ln",
-        base64_header(r#"{"alg":"EdDSA"}"#),
+        base64_header(r#"{"alg":"EdDSA","typ":"at+jwt"}"#),
         base64_header("{}")
     );
     assert!(matches!(
@@ -287,4 +287,59 @@ async fn an_unreachable_jwks_makes_verification_unavailable() {
         v.verify(&token).await,
         Err(VerifyError::Unavailable(_))
     ));
+}
+
+#[tokio::test]
+async fn session_and_scopes_travel_in_the_token() {
+    let key = KeyPair::generate().expect("key");
+    let grant = chat_jwt::Grant {
+        user: alice(),
+        name: "Alice".into(),
+        session: Some("s-1".into()),
+        scopes: vec!["rooms:post".into(), "events:read".into()],
+    };
+    let (token, _) = signer(&key).issue_grant(&grant).expect("issue");
+    let c = static_verifier(&key).verify(&token).await.expect("valid");
+    assert_eq!(c.session.as_deref(), Some("s-1"));
+    assert_eq!(c.scopes, vec!["rooms:post", "events:read"]);
+    let (plain, _) = signer(&key).issue(&alice(), "Alice").expect("issue");
+    let c = static_verifier(&key).verify(&plain).await.expect("valid");
+    assert_eq!((c.session, c.scopes.len()), (None, 0));
+}
+
+#[tokio::test]
+async fn a_token_of_another_type_signed_by_our_key_is_not_an_access_token() {
+    // An ID token (typ JWT) or any other JWT we might sign must never pass
+    // as an access token, even with our signature and valid claims.
+    let key = KeyPair::generate().expect("key");
+    let body = claims(ISS, AUD, &alice(), "A", now() + 60);
+    for typ in ["JWT", "id+jwt", ""] {
+        let token = chat_jwt::testing::typed_token(&key, typ, &body);
+        assert_eq!(
+            static_verifier(&key).verify(&token).await,
+            Err(VerifyError::NotAnAccessToken(typ.into())),
+            "typ {typ:?}"
+        );
+    }
+    let ok = chat_jwt::testing::typed_token(&key, "at+jwt", &body);
+    assert!(static_verifier(&key).verify(&ok).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_signer_publishes_its_previous_key_so_old_tokens_keep_verifying() {
+    let old = KeyPair::generate().expect("key");
+    let new = KeyPair::generate().expect("key");
+    let (t_old, _) = signer(&old).issue(&alice(), "A").expect("issue");
+    let rotated = signer(&new).with_published_keys(vec![old.jwk(), new.jwk()]);
+    let jwks = rotated.jwks();
+    assert_eq!(jwks.keys.len(), 2, "no key twice");
+    assert_eq!(
+        jwks.keys[0].kid.as_deref(),
+        Some(new.kid()),
+        "signing key first"
+    );
+    let v = Verifier::with_jwks(&jwks, ISS, AUD, DEFAULT_LEEWAY);
+    assert!(v.verify(&t_old).await.is_ok());
+    let (t_new, _) = rotated.issue(&alice(), "A").expect("issue");
+    assert!(v.verify(&t_new).await.is_ok());
 }

@@ -79,18 +79,27 @@ impl Role {
             format!("$JS.API.DIRECT.GET.{room}.>"),
             format!("$JS.API.STREAM.MSG.GET.{room}"),
         ];
+        let revoked = format!("KV_{}", names::REVOKED_BUCKET);
         // A KV watch is an ordered push consumer delivered to an inbox.
-        let kv_watch = vec![
-            format!("$JS.API.STREAM.INFO.{kv}"),
-            format!("$JS.API.CONSUMER.CREATE.{kv}"),
-            format!("$JS.API.CONSUMER.CREATE.{kv}.>"),
-            format!("$JS.API.CONSUMER.DELETE.{kv}.>"),
-            format!("$JS.API.DIRECT.GET.{kv}.>"),
-            "$JS.FC.>".to_string(),
-        ];
+        let watch = |kv: &str| {
+            vec![
+                "$JS.API.INFO".to_string(),
+                format!("$JS.API.STREAM.INFO.{kv}"),
+                format!("$JS.API.CONSUMER.CREATE.{kv}"),
+                format!("$JS.API.CONSUMER.CREATE.{kv}.>"),
+                format!("$JS.API.CONSUMER.DELETE.{kv}.>"),
+                format!("$JS.API.DIRECT.GET.{kv}.>"),
+                "$JS.FC.>".to_string(),
+            ]
+        };
+        let kv_watch = watch(&kv);
         let (publish, subscribe): (Vec<String>, Vec<String>) = match self {
             Role::Admin => (vec![">".into()], vec![">".into()]),
-            Role::Auth => (vec![sync, "auth.>".into()], vec![inbox]),
+            Role::Auth => {
+                let mut p = vec![sync, format!("$KV.{}.>", names::REVOKED_BUCKET)];
+                p.extend(stream_setup(&revoked));
+                (p, vec![inbox])
+            }
             Role::Gateway => {
                 let mut p = vec![
                     sync,
@@ -102,15 +111,8 @@ impl Role {
                 ];
                 p.extend(stream_setup(room));
                 p.extend(room_reads);
-                (
-                    p,
-                    vec![
-                        inbox,
-                        "gw.*.deliver".into(),
-                        "gw.*.heads".into(),
-                        "auth.>".into(),
-                    ],
-                )
+                p.extend(watch(&revoked));
+                (p, vec![inbox, "gw.*.deliver".into(), "gw.*.heads".into()])
             }
             Role::Fanout => {
                 let mut p = vec![

@@ -1,4 +1,4 @@
-//! Storage of users, rooms, memberships and room history behind object-safe
+//! Storage of users, sign-in sessions, rooms, memberships and room history behind object-safe
 //! traits, so services hold `Arc<dyn UserStore>` / `Arc<dyn HistoryStore>` and
 //! the backend (embedded SQLite locally, MongoDB in production) is chosen at
 //! start. Every backend must pass the [`conformance`] suites.
@@ -9,8 +9,10 @@ use chat_core::svc::{PageQuery, Room};
 use chat_core::{ClientMsgId, RoomId, UserId};
 
 pub mod conformance;
+mod sessions;
 mod sqlite;
 
+pub use sessions::{PendingLogin, RefreshRecord, Rotation, Session, SessionStore};
 pub use sqlite::SqliteStore;
 
 /// Why a store call failed.

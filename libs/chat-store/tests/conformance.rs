@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use chat_core::svc::Room;
 use chat_core::{RoomId, UserId};
-use chat_store::conformance::{history_store_suite, user_store_suite};
-use chat_store::{HistoryStore, Identity, PageRange, SqliteStore, UserStore};
+use chat_store::conformance::{history_store_suite, session_store_suite, user_store_suite};
+use chat_store::{HistoryStore, Identity, PageRange, SessionStore, SqliteStore, UserStore};
 
 fn memory() -> SqliteStore {
     SqliteStore::in_memory().expect("in-memory sqlite opens")
@@ -23,11 +23,18 @@ async fn sqlite_in_memory_passes_the_history_store_suite() {
 }
 
 #[tokio::test]
+async fn sqlite_in_memory_passes_the_session_store_suite() {
+    session_store_suite(|| Arc::new(memory()) as Arc<dyn SessionStore>).await;
+}
+
+#[tokio::test]
 async fn sqlite_file_shared_by_all_cases_passes_both_suites() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = SqliteStore::open(dir.path().join("nested/dir/chat.db")).expect("file opens");
     let s = store.clone();
     history_store_suite(move || Arc::new(s.clone()) as Arc<dyn HistoryStore>).await;
+    let s = store.clone();
+    session_store_suite(move || Arc::new(s.clone()) as Arc<dyn SessionStore>).await;
     user_store_suite(move || Arc::new(store.clone()) as Arc<dyn UserStore>).await;
 }
 

@@ -172,3 +172,35 @@ pub async fn presence_bucket(
         .await
         .map_err(|e| err(e.to_string()))
 }
+
+/// The bucket of revoked sessions (auth writes it): created if missing,
+/// with entries kept `max_age` (at least the longest access-token life).
+pub async fn revoked_bucket(
+    js: &jetstream::Context,
+    s: &StreamSettings,
+    max_age: Duration,
+) -> Result<kv::Store, SetupError> {
+    let err = |reason: String| SetupError::Bucket {
+        name: names::REVOKED_BUCKET.into(),
+        reason,
+    };
+    if let Ok(store) = js.get_key_value(names::REVOKED_BUCKET).await {
+        return Ok(store);
+    }
+    if !s.manage {
+        return Err(err("not found and CHAT_MANAGE_NATS=false".into()));
+    }
+    let config = kv::Config {
+        bucket: names::REVOKED_BUCKET.to_string(),
+        description: "revoked session id -> {user, at}; kept as long as an access token lives"
+            .into(),
+        history: 1,
+        max_age,
+        storage: stream::StorageType::File,
+        num_replicas: s.replicas,
+        ..Default::default()
+    };
+    retrying("revoked bucket", || js.create_key_value(config.clone()))
+        .await
+        .map_err(|e| err(e.to_string()))
+}

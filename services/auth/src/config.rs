@@ -4,12 +4,18 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use chat_platform::config::Common;
 use chat_platform::{ConfigError, Settings, Source};
 
-/// Everything `run` needs. NATS options (`Common`) are deliberately absent:
-/// auth does not talk to NATS yet, and an unused field would suggest it does.
+/// Longest allowed access-token lifetime: 15 minutes.
+pub const MAX_ACCESS_TTL_MS: u64 = 900_000;
+
+/// Everything `run` needs.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// NATS (revocations go to the `chat_revoked` bucket); the login is
+    /// `CHAT_AUTH_NATS_PASSWORD_FILE` / `CHAT_AUTH_NATS_USER`.
+    pub common: Common,
     /// `CHAT_AUTH_LISTEN`: address of the HTTP API (and `/healthz`,
     /// `/readyz`). Default `127.0.0.1:8081`.
     pub listen: SocketAddr,
@@ -30,13 +36,30 @@ pub struct Config {
     /// `CHAT_AUTH_GENERATE_KEY`: create the key file (mode 0600) when it is
     /// missing; when false a missing key file stops the start. Default true.
     pub generate_key: bool,
+    /// `CHAT_AUTH_PUBLISHED_KEY_FILES`: comma-separated PEM key files whose
+    /// public keys the JWKS also serves (the previous key after a rotation,
+    /// or the next one before it). Default none.
+    pub published_key_files: Vec<PathBuf>,
     /// `CHAT_AUTH_ISSUER`: `iss` of issued tokens. Default `urn:chat:auth`.
     pub issuer: String,
     /// `CHAT_AUTH_AUDIENCE`: `aud` of issued tokens. Default `chat`.
     pub audience: String,
-    /// `CHAT_AUTH_ACCESS_TTL_MS`: lifetime of access tokens, at least 1000
-    /// (JWT times are whole seconds). Default 900000 (15 minutes).
+    /// `CHAT_AUTH_ACCESS_TTL_MS`: lifetime of access tokens, 1000 (JWT
+    /// times are whole seconds) to 900000. Default 900000 (15 minutes).
     pub access_ttl: Duration,
+    /// `CHAT_AUTH_SESSION_TTL_MS`: absolute lifetime of a sign-in session.
+    /// Default 2592000000 (30 days).
+    pub session_ttl: Duration,
+    /// `CHAT_AUTH_REFRESH_TTL_MS`: lifetime of one refresh token (each
+    /// refresh renews it, up to the session's end). Default 1209600000
+    /// (14 days).
+    pub refresh_ttl: Duration,
+    /// `CHAT_AUTH_MAX_SESSIONS_PER_USER`: live sessions per user; signing in
+    /// beyond revokes the oldest. Default 50.
+    pub max_sessions_per_user: usize,
+    /// `CHAT_AUTH_COOKIE_SECURE`: mark the refresh cookie `Secure`. Turn off
+    /// only for plain-HTTP hosts other than localhost. Default true.
+    pub cookie_secure: bool,
     /// `CHAT_AUTH_DEV_LOGIN`: enable `POST /auth/dev/login`, which signs in
     /// anyone by username. For development only. Default false.
     pub dev_login: bool,
@@ -46,8 +69,27 @@ impl Config {
     /// Reads and validates the options; errors name the bad option.
     pub fn from_source(src: &dyn Source) -> Result<Self, ConfigError> {
         let s = Settings::new(src);
-        let ttl_ms = s.at_least("CHAT_AUTH_ACCESS_TTL_MS", 900_000u64, 1000)?;
+        let ttl_ms = s.at_least("CHAT_AUTH_ACCESS_TTL_MS", MAX_ACCESS_TTL_MS, 1000)?;
+        if ttl_ms > MAX_ACCESS_TTL_MS {
+            return Err(ConfigError::Invalid {
+                key: "CHAT_AUTH_ACCESS_TTL_MS".into(),
+                value: ttl_ms.to_string(),
+                reason: format!("access tokens live at most {MAX_ACCESS_TTL_MS} ms (15 minutes)"),
+            });
+        }
+        let session_ttl = s.millis("CHAT_AUTH_SESSION_TTL_MS", Duration::from_secs(30 * 86_400))?;
+        let refresh_ttl = s.millis("CHAT_AUTH_REFRESH_TTL_MS", Duration::from_secs(14 * 86_400))?;
         Ok(Self {
+            common: Common::from_settings(&s, "AUTH")?,
+            published_key_files: s
+                .list("CHAT_AUTH_PUBLISHED_KEY_FILES")
+                .into_iter()
+                .map(PathBuf::from)
+                .collect(),
+            session_ttl,
+            refresh_ttl,
+            max_sessions_per_user: s.at_least("CHAT_AUTH_MAX_SESSIONS_PER_USER", 50usize, 1)?,
+            cookie_secure: s.bool("CHAT_AUTH_COOKIE_SECURE", true)?,
             listen: s.parse("CHAT_AUTH_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8081)))?,
             admin_listen: s.parse(
                 "CHAT_AUTH_ADMIN_LISTEN",
@@ -114,6 +156,9 @@ mod tests {
             ("CHAT_AUTH_MAX_HEADER_BYTES", "100"),
             ("CHAT_AUTH_ACCESS_TTL_MS", "999"),
             ("CHAT_AUTH_ACCESS_TTL_MS", "soon"),
+            ("CHAT_AUTH_ACCESS_TTL_MS", "900001"),
+            ("CHAT_AUTH_MAX_SESSIONS_PER_USER", "0"),
+            ("CHAT_AUTH_SESSION_TTL_MS", "0"),
             ("CHAT_AUTH_DEV_LOGIN", "maybe"),
             ("CHAT_AUTH_GENERATE_KEY", "perhaps"),
         ] {

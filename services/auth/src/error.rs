@@ -17,6 +17,13 @@ pub enum AuthError {
     /// The route is disabled or the thing asked for does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// A refresh token (or other grant) that is unknown, used, expired or
+    /// of an ended session (OAuth2 `invalid_grant`).
+    #[error("{0}")]
+    InvalidGrant(String),
+    /// A cookie-authenticated request without the CSRF header.
+    #[error("{0}")]
+    Csrf(String),
     /// No `Authorization: Bearer` header.
     #[error("missing bearer token")]
     MissingToken,
@@ -36,6 +43,8 @@ impl AuthError {
         match self {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::InvalidGrant(_) => (StatusCode::BAD_REQUEST, "invalid_grant"),
+            Self::Csrf(_) => (StatusCode::FORBIDDEN, "csrf"),
             Self::MissingToken => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Token(VerifyError::Unavailable(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")

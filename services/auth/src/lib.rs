@@ -1,25 +1,37 @@
-//! The auth service: users (identified by issuer + subject), access tokens
-//! signed with an Ed25519 key, the JWKS other services verify them with, and
-//! a development-only login by username.
+//! The auth service: users (identified by issuer + subject), sign-in
+//! sessions with rotating refresh tokens (`sessions.rs`, endpoints in
+//! `token_routes.rs`), revocations announced over NATS (`revocations.rs`),
+//! access tokens signed with an Ed25519 key, the JWKS other services verify
+//! them with, and a development-only login by username.
 
 mod config;
 mod error;
 mod keyfile;
+mod revocations;
 mod routes;
+mod sessions;
+mod token_routes;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use chat_jwt::Signer;
 use chat_platform::Shutdown;
 use chat_platform::http::{HttpLimits, Listeners, Readiness, layers, probes_router, serve};
 use chat_store::SqliteStore;
+use chat_stream::StreamSettings;
+
+/// How long the first NATS connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub use config::Config;
 pub use error::AuthError;
 pub use keyfile::{KeyFileError, load_or_generate};
-pub use routes::{AppState, AuthUser, DEV_ISSUER, LoginRequest, LoginResponse, UserView, router};
+pub use routes::{AppState, AuthUser, DEV_ISSUER, LoginRequest, Options, UserView, router};
+pub use sessions::{Revoker, SessionPolicy};
+pub use token_routes::{CSRF_HEADER, REFRESH_COOKIE, TokenResponse};
 
 /// Runs the auth service until `shutdown`: loads (or creates) the signing
 /// key and the user store, then serves the API (and the probes) on
@@ -32,14 +44,21 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> an
              username without a password. FOR DEVELOPMENT ONLY, never in production"
         );
     }
-    // auth does not use NATS yet: ready means key and store are loaded.
-    let readiness = Readiness::new(None);
+    let nats = chat_platform::nats::connect(&config.common, "chat-auth", CONNECT_TIMEOUT).await?;
+    let readiness = Readiness::new(Some(nats.clone()));
     let admin = tokio::spawn(chat_platform::http::serve_admin(
         listeners.admin,
         readiness.clone(),
         shutdown.clone(),
     ));
-    let served = serve_api(&config, listeners.public, readiness, shutdown.clone()).await;
+    let served = serve_api(
+        &config,
+        nats.clone(),
+        listeners.public,
+        readiness,
+        shutdown.clone(),
+    )
+    .await;
     if served.is_err() {
         admin.abort();
     }
@@ -48,6 +67,9 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> an
         .await
         .context("admin listener task")?
         .context("serving the admin listener")?;
+    if let Err(e) = nats.drain().await {
+        tracing::warn!(error = %e, "draining NATS failed");
+    }
     tracing::info!("auth service stopped");
     Ok(())
 }
@@ -56,19 +78,42 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> an
 /// `shutdown`.
 async fn serve_api(
     config: &Config,
+    nats: async_nats::Client,
     public: tokio::net::TcpListener,
     readiness: Readiness,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let key_ready = readiness.flag("signing_key");
     let store_ready = readiness.flag("store");
+    let bucket_ready = readiness.flag("revocations");
 
     let key_file = config.key_file.clone();
     let generate = config.generate_key;
-    let key = tokio::task::spawn_blocking(move || load_or_generate(&key_file, generate))
-        .await
-        .context("loading the signing key")??;
+    let published_files = config.published_key_files.clone();
+    let (key, published) = tokio::task::spawn_blocking(move || {
+        let key = load_or_generate(&key_file, generate)?;
+        let published = published_files
+            .iter()
+            .map(|p| load_or_generate(p, false).map(|k| k.jwk()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok::<_, KeyFileError>((key, published))
+    })
+    .await
+    .context("loading the signing key")??;
     key_ready.store(true, Ordering::Release);
+
+    let js = async_nats::jetstream::new(nats);
+    let settings = StreamSettings {
+        manage: config.common.manage_nats,
+        replicas: config.common.stream_replicas,
+        dedup_window: config.common.dedup_window,
+    };
+    // Entries outlive every access token that could name their session.
+    let max_age = config.access_ttl + chat_jwt::DEFAULT_LEEWAY + Duration::from_secs(60);
+    let bucket = chat_stream::setup::revoked_bucket(&js, &settings, max_age)
+        .await
+        .context("the revoked-sessions bucket")?;
+    bucket_ready.store(true, Ordering::Release);
 
     let db = config.db.clone();
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(db))
@@ -83,8 +128,20 @@ async fn serve_api(
     store_ready.store(true, Ordering::Release);
 
     let signer = Signer::new(key, &config.issuer, &config.audience, config.access_ttl)
-        .context("building the token signer")?;
-    let state = AppState::new(Arc::new(store), signer, config.dev_login);
+        .context("building the token signer")?
+        .with_published_keys(published);
+    let store = Arc::new(store);
+    let opts = Options {
+        dev_login: config.dev_login,
+        cookie_secure: config.cookie_secure,
+        policy: SessionPolicy {
+            session_ttl: config.session_ttl,
+            refresh_ttl: config.refresh_ttl,
+            max_live: config.max_sessions_per_user,
+        },
+    };
+    let revoker = Arc::new(revocations::KvRevoker::new(bucket));
+    let state = AppState::new(store.clone(), store, revoker, signer, opts);
     let app = layers(
         probes_router(readiness).merge(router(state)),
         &HttpLimits::default(),

@@ -1,5 +1,6 @@
-//! The auth HTTP API: dev login, the JWKS, and `/auth/me`; plus the
-//! `AuthUser` extractor that turns a bearer token into verified claims.
+//! The auth HTTP API: dev login, the JWKS, and `/auth/me` (session
+//! endpoints are in `token_routes.rs`); plus the `AuthUser` extractor that
+//! turns a bearer token into verified claims.
 
 use std::sync::Arc;
 
@@ -7,14 +8,16 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequestParts, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chat_jwt::{DEFAULT_LEEWAY, Jwks, Signer, Verifier};
-use chat_store::{Identity, UserStore};
+use chat_store::{Identity, SessionStore, UserStore};
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
 
 use crate::error::AuthError;
+use crate::sessions::{Revoker, SessionPolicy, SessionService};
 
 /// `iss` of identities created by dev login; a real OIDC issuer URL can
 /// never equal it, so dev users never collide with Google users.
@@ -26,26 +29,61 @@ const MAX_USERNAME: usize = 32;
 /// What handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    store: Arc<dyn UserStore>,
-    signer: Signer,
+    pub(crate) users: Arc<dyn UserStore>,
+    pub(crate) sessions: SessionService,
+    pub(crate) signer: Signer,
     verifier: Verifier,
     jwks: Arc<Jwks>,
     dev_login: bool,
+    /// Mark the refresh cookie `Secure` (`CHAT_AUTH_COOKIE_SECURE`).
+    pub(crate) cookie_secure: bool,
+    /// `Max-Age` of the refresh cookie.
+    pub(crate) refresh_ttl_secs: u64,
+}
+
+/// Options of [`AppState::new`].
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub dev_login: bool,
+    pub cookie_secure: bool,
+    pub policy: SessionPolicy,
 }
 
 impl AppState {
-    /// State over `store`, issuing with `signer`; `/auth/me` verifies with
-    /// the signer's own key, so auth never fetches its own JWKS.
-    pub fn new(store: Arc<dyn UserStore>, signer: Signer, dev_login: bool) -> Self {
-        let jwks = signer.key().jwks();
+    /// State over the stores, issuing with `signer`; tokens are verified
+    /// with the signer's own JWKS (current and published keys), so auth
+    /// never fetches its own JWKS.
+    pub fn new(
+        users: Arc<dyn UserStore>,
+        sessions: Arc<dyn SessionStore>,
+        revoker: Arc<dyn Revoker>,
+        signer: Signer,
+        opts: Options,
+    ) -> Self {
+        let jwks = signer.jwks();
         let verifier =
             Verifier::with_jwks(&jwks, signer.issuer(), signer.audience(), DEFAULT_LEEWAY);
         Self {
-            store,
+            users,
+            sessions: SessionService::new(sessions, revoker, opts.policy),
             signer,
             verifier,
             jwks: Arc::new(jwks),
-            dev_login,
+            dev_login: opts.dev_login,
+            cookie_secure: opts.cookie_secure,
+            refresh_ttl_secs: opts.policy.refresh_ttl.as_secs(),
+        }
+    }
+
+    /// The claims of the request's bearer token, if it has one; a bad one
+    /// is an error.
+    pub(crate) async fn bearer(
+        &self,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<Option<chat_jwt::Claims>, AuthError> {
+        match bearer_token(headers) {
+            None => Ok(None),
+            Some(t) => Ok(Some(self.verifier.verify(t).await?)),
         }
     }
 }
@@ -56,6 +94,7 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/dev/login", post(dev_login))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/auth/me", get(me))
+        .merge(crate::token_routes::routes())
         .with_state(state)
 }
 
@@ -72,23 +111,13 @@ pub struct UserView {
     pub name: String,
 }
 
-/// Answer to a successful login.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct LoginResponse {
-    pub access_token: String,
-    pub token_type: String,
-    /// Seconds until the token expires.
-    pub expires_in: u64,
-    pub user: UserView,
-}
-
 /// `POST /auth/dev/login`: signs in anyone by username, with no password.
 /// Exists for local development and tests; 404 unless `CHAT_AUTH_DEV_LOGIN`.
 #[instrument(skip_all, fields(username))]
 async fn dev_login(
     State(state): State<AppState>,
     body: Result<Json<LoginRequest>, JsonRejection>,
-) -> Result<Json<LoginResponse>, AuthError> {
+) -> Result<Response, AuthError> {
     if !state.dev_login {
         return Err(AuthError::NotFound(
             "dev login is disabled (CHAT_AUTH_DEV_LOGIN=false)".into(),
@@ -102,7 +131,7 @@ async fn dev_login(
         "DEV LOGIN used: anyone can sign in as anyone; for development only"
     );
     let user = state
-        .store
+        .users
         .upsert_user(&Identity {
             issuer: DEV_ISSUER.into(),
             subject: username.clone(),
@@ -110,20 +139,9 @@ async fn dev_login(
             email: None,
         })
         .await?;
-    let (access_token, _exp) = state
-        .signer
-        .issue(&user.id, &user.name)
-        .map_err(|e| AuthError::Unexpected(e.into()))?;
+    let issued = state.sessions.start(&state.signer, &user).await?;
     metrics::counter!("chat_auth_logins_total", "method" => "dev").increment(1);
-    Ok(Json(LoginResponse {
-        access_token,
-        token_type: "Bearer".into(),
-        expires_in: state.signer.ttl().as_secs(),
-        user: UserView {
-            id: user.id.to_string(),
-            name: user.name,
-        },
-    }))
+    Ok(crate::token_routes::session_response(&state, issued, false))
 }
 
 /// `GET /.well-known/jwks.json`: the public keys other services verify with.
@@ -135,7 +153,7 @@ async fn jwks(State(state): State<AppState>) -> Json<Jwks> {
 #[instrument(skip_all, fields(user = %auth.0.user))]
 async fn me(State(state): State<AppState>, auth: AuthUser) -> Result<Json<UserView>, AuthError> {
     let user = state
-        .store
+        .users
         .get_user(&auth.0.user)
         .await?
         .ok_or_else(|| AuthError::NotFound(format!("user {} not found", auth.0.user)))?;
@@ -174,17 +192,7 @@ impl FromRequestParts<AppState> for AuthUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or(AuthError::MissingToken)?;
+        let token = bearer_token(&parts.headers).ok_or(AuthError::MissingToken)?;
         match state.verifier.verify(token).await {
             Ok(claims) => Ok(Self(claims)),
             Err(e) => {
@@ -193,6 +201,19 @@ impl FromRequestParts<AppState> for AuthUser {
             }
         }
     }
+}
+
+/// The token of an `Authorization: Bearer` header.
+fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]

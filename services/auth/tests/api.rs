@@ -18,6 +18,21 @@ struct App {
     key: KeyPair,
 }
 
+/// Records what would be announced to the gateways.
+#[derive(Default)]
+pub struct Recorded(pub std::sync::Mutex<Vec<String>>);
+
+#[async_trait::async_trait]
+impl chat_auth::Revoker for Recorded {
+    async fn revoked(&self, _user: &UserId, sessions: &[String]) -> Result<(), String> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(sessions);
+        Ok(())
+    }
+}
+
 fn app(dev_login: bool) -> App {
     let key = KeyPair::generate().expect("key");
     let signer = Signer::new(
@@ -27,9 +42,19 @@ fn app(dev_login: bool) -> App {
         Duration::from_secs(900),
     )
     .expect("signer");
-    let store = SqliteStore::in_memory().expect("store");
+    let store = Arc::new(SqliteStore::in_memory().expect("store"));
+    let opts = chat_auth::Options {
+        dev_login,
+        cookie_secure: true,
+        policy: chat_auth::SessionPolicy {
+            session_ttl: Duration::from_secs(3600),
+            refresh_ttl: Duration::from_secs(600),
+            max_live: 3,
+        },
+    };
+    let revoked = Arc::new(Recorded::default());
     App {
-        router: router(AppState::new(Arc::new(store), signer, dev_login)),
+        router: router(AppState::new(store.clone(), store, revoked, signer, opts)),
         key,
     }
 }

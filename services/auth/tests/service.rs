@@ -8,7 +8,7 @@ use chat_auth::{Config, run};
 use chat_jwt::{DEFAULT_LEEWAY, Verifier};
 use chat_platform::Shutdown;
 use chat_platform::config::MapSource;
-use chat_testkit::within;
+use chat_testkit::{NatsServer, within};
 use serde_json::{Value, json};
 
 struct Running {
@@ -28,8 +28,10 @@ impl Running {
     }
 }
 
-fn config(dir: &Path, dev_login: bool) -> Config {
+fn config(dir: &Path, dev_login: bool, nats: &NatsServer) -> Config {
     let src = MapSource::new()
+        .with("CHAT_NATS_URL", nats.url())
+        .with_all(chat_testkit::service_env(chat_testkit::Role::Auth))
         .with("CHAT_AUTH_DB", dir.join("auth.db").display().to_string())
         .with(
             "CHAT_AUTH_KEY_FILE",
@@ -81,7 +83,8 @@ async fn login(base: &str, username: &str) -> Value {
 #[tokio::test]
 async fn a_token_from_login_verifies_against_the_jwks_fetched_over_http() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let auth = start(config(dir.path(), true)).await;
+    let nats = NatsServer::start().await.expect("nats");
+    let auth = start(config(dir.path(), true, &nats)).await;
 
     let body = login(&auth.base, "alice").await;
     let token = body["access_token"].as_str().expect("token");
@@ -131,12 +134,13 @@ async fn a_token_from_login_verifies_against_the_jwks_fetched_over_http() {
 #[tokio::test]
 async fn a_restart_keeps_the_signing_key_and_the_user_ids() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let first = start(config(dir.path(), true)).await;
+    let nats = NatsServer::start().await.expect("nats");
+    let first = start(config(dir.path(), true, &nats)).await;
     let before = login(&first.base, "bob").await;
     let old_token = before["access_token"].as_str().expect("token").to_string();
     first.stop().await;
 
-    let second = start(config(dir.path(), true)).await;
+    let second = start(config(dir.path(), true, &nats)).await;
     let after = login(&second.base, "bob").await;
     assert_eq!(before["user"]["id"], after["user"]["id"]);
     let me = reqwest::Client::new()
@@ -156,7 +160,8 @@ async fn a_restart_keeps_the_signing_key_and_the_user_ids() {
 #[tokio::test]
 async fn dev_login_is_not_found_unless_enabled() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let auth = start(config(dir.path(), false)).await;
+    let nats = NatsServer::start().await.expect("nats");
+    let auth = start(config(dir.path(), false, &nats)).await;
     let resp = reqwest::Client::new()
         .post(format!("{}/auth/dev/login", auth.base))
         .json(&json!({ "username": "alice" }))
@@ -172,7 +177,8 @@ async fn dev_login_is_not_found_unless_enabled() {
 #[tokio::test]
 async fn start_fails_clearly_without_a_key_file_when_generation_is_off() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = config(dir.path(), false);
+    let nats = NatsServer::start().await.expect("nats");
+    let mut config = config(dir.path(), false, &nats);
     config.generate_key = false;
     let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
     let listeners = chat_platform::http::Listeners {
@@ -189,4 +195,64 @@ async fn start_fails_clearly_without_a_key_file_when_generation_is_off() {
     .map(|e| format!("{e:#}"))
     .unwrap_or_default();
     assert!(err.contains("CHAT_AUTH_GENERATE_KEY"), "{err}");
+}
+
+#[tokio::test]
+async fn key_rotation_keeps_old_tokens_valid_while_the_old_key_is_published() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsServer::start().await.expect("nats");
+    let verifier_of = |base: &str| {
+        Verifier::remote(
+            format!("{base}/.well-known/jwks.json"),
+            "urn:chat:auth",
+            "chat",
+            DEFAULT_LEEWAY,
+        )
+        .expect("verifier")
+    };
+    // Before: signing with key A.
+    let first = start(config(dir.path(), true, &nats)).await;
+    let old_token = login(&first.base, "kim").await["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    first.stop().await;
+    let (key_a, key_b) = (dir.path().join("a.pem"), dir.path().join("b.pem"));
+    std::fs::rename(dir.path().join("key.pem"), &key_a).expect("move key A");
+
+    // Rotation: sign with the new key B, keep publishing A.
+    let mut rotated = config(dir.path(), true, &nats);
+    rotated.key_file = key_b.clone();
+    rotated.published_key_files = vec![key_a.clone()];
+    let second = start(rotated).await;
+    let jwks: Value = reqwest::get(format!("{}/.well-known/jwks.json", second.base))
+        .await
+        .expect("jwks")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(jwks["keys"].as_array().map(Vec::len), Some(2), "{jwks}");
+    let new_token = login(&second.base, "kim").await["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let v = verifier_of(&second.base);
+    assert!(
+        v.verify(&old_token).await.is_ok(),
+        "old-key token refused during the overlap"
+    );
+    assert!(v.verify(&new_token).await.is_ok());
+    second.stop().await;
+
+    // After the old tokens expired: A is no longer published, nor accepted.
+    let mut done = config(dir.path(), true, &nats);
+    done.key_file = key_b;
+    let third = start(done).await;
+    let v = verifier_of(&third.base);
+    assert!(matches!(
+        v.verify(&old_token).await,
+        Err(chat_jwt::VerifyError::UnknownKey(_))
+    ));
+    assert!(v.verify(&new_token).await.is_ok());
+    third.stop().await;
 }

@@ -18,6 +18,9 @@ use crate::state::AppState;
 /// The auth routes a client may reach through the gateway, with their method.
 pub const FORWARDED: &[(&str, MethodFilter)] = &[
     ("/auth/dev/login", MethodFilter::POST),
+    ("/auth/token", MethodFilter::POST),
+    ("/auth/logout", MethodFilter::POST),
+    ("/auth/logout/all", MethodFilter::POST),
     ("/auth/me", MethodFilter::GET),
     ("/.well-known/jwks.json", MethodFilter::GET),
 ];
@@ -25,9 +28,15 @@ pub const FORWARDED: &[(&str, MethodFilter)] = &[
 /// Largest auth response passed back (a JWKS, a token): anything larger is
 /// not a real answer.
 const MAX_RESPONSE_BYTES: usize = 256 * 1024;
-/// Request headers passed to auth; everything else stays here.
-const REQUEST_HEADERS: [header::HeaderName; 3] =
-    [header::CONTENT_TYPE, header::AUTHORIZATION, header::ACCEPT];
+/// Request headers passed to auth; everything else stays here. The cookie
+/// carries the refresh token, `x-chat-csrf` proves a same-origin request.
+const REQUEST_HEADERS: [header::HeaderName; 5] = [
+    header::CONTENT_TYPE,
+    header::AUTHORIZATION,
+    header::ACCEPT,
+    header::COOKIE,
+    header::HeaderName::from_static("x-chat-csrf"),
+];
 /// Response headers passed back.
 const RESPONSE_HEADERS: [header::HeaderName; 3] = [
     header::CONTENT_TYPE,
@@ -75,8 +84,8 @@ async fn forward(
     }
     let mut req = st.http.request(method, url).body(body);
     for name in REQUEST_HEADERS {
-        if let Some(v) = headers.get(&name) {
-            req = req.header(name, v);
+        for v in headers.get_all(&name) {
+            req = req.header(name.clone(), v);
         }
     }
     let mut resp = match req.send().await {
@@ -109,6 +118,10 @@ async fn forward(
         if let Some(v) = resp.headers().get(&name) {
             out.headers_mut().insert(name, v.clone());
         }
+    }
+    // A response may set several cookies (a new one, a cleared one).
+    for v in resp.headers().get_all(header::SET_COOKIE) {
+        out.headers_mut().append(header::SET_COOKIE, v.clone());
     }
     out
 }

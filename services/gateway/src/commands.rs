@@ -26,6 +26,8 @@ pub struct Answer {
     /// Rooms whose position the reply tells the client (`rooms.list`, a
     /// join): the writer starts them there, so no later message is skipped.
     pub positions: Vec<(RoomId, u64)>,
+    /// A valid `auth` renewed the session: its new `sid` and expiry.
+    pub renewed: Option<(Option<String>, u64)>,
 }
 
 impl From<ServerFrame> for Answer {
@@ -33,6 +35,7 @@ impl From<ServerFrame> for Answer {
         Self {
             frame,
             positions: Vec::new(),
+            renewed: None,
         }
     }
 }
@@ -61,12 +64,14 @@ pub async fn handle(st: &AppState, user: &UserId, text: &str) -> Answer {
         | ClientFrame::RoomLeave { id, .. }
         | ClientFrame::History { id, .. }
         | ClientFrame::RoomsList { id, .. }
-        | ClientFrame::Ping { id } => id.clone(),
+        | ClientFrame::Ping { id }
+        | ClientFrame::Auth { id, .. } => id.clone(),
         ClientFrame::Hello { .. } => None,
     };
     let result = match frame {
         ClientFrame::Hello { .. } => Err(GatewayError::BadRequest("already authenticated".into())),
         ClientFrame::Ping { id } => Ok(ServerFrame::Pong { id }.into()),
+        ClientFrame::Auth { id, token } => reauth(st, user, id, &token).await,
         ClientFrame::Send { id, room, text } => {
             send(st, user, id, room, text).await.map(Into::into)
         }
@@ -93,6 +98,43 @@ pub async fn handle(st: &AppState, user: &UserId, text: &str) -> Answer {
         metrics::counter!("chat_gateway_request_errors_total", "code" => e.code().as_str())
             .increment(1);
         e.frame(id).into()
+    })
+}
+
+/// `auth`: a fresh token for the same user renews the session; anything
+/// else is refused and the session keeps its current token (and expiry).
+async fn reauth(
+    st: &AppState,
+    user: &UserId,
+    id: Option<String>,
+    token: &str,
+) -> Result<Answer, GatewayError> {
+    let claims = st
+        .verifier
+        .verify(token)
+        .await
+        .map_err(|e| GatewayError::Unauthorized(format!("invalid token: {e}")))?;
+    if &claims.user != user {
+        return Err(GatewayError::Unauthorized(
+            "the token is for another user".into(),
+        ));
+    }
+    if claims
+        .session
+        .as_deref()
+        .is_some_and(|s| st.revocations.is_revoked(s))
+    {
+        return Err(GatewayError::Unauthorized(
+            "invalid token: its session was revoked".into(),
+        ));
+    }
+    Ok(Answer {
+        frame: ServerFrame::Authenticated {
+            id,
+            exp: claims.exp,
+        },
+        positions: Vec::new(),
+        renewed: Some((claims.session, claims.exp)),
     })
 }
 
@@ -228,6 +270,7 @@ async fn create(
     st.registry.set_member(user, &reply.room.id, MemberOp::Join);
     Ok(Answer {
         positions: position(&reply.room.id, reply.seq),
+        renewed: None,
         frame: ServerFrame::RoomCreated {
             id,
             room: reply.room,
@@ -271,6 +314,7 @@ async fn membership(
     Ok(match op {
         MemberOp::Join => Answer {
             positions: position(&room, reply.seq),
+            renewed: None,
             frame: ServerFrame::RoomJoined {
                 id,
                 room: reply.room,
@@ -316,6 +360,7 @@ async fn rooms_list(
         .collect();
     Ok(Answer {
         positions: heads,
+        renewed: None,
         frame: ServerFrame::Rooms { id, rooms, more },
     })
 }

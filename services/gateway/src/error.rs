@@ -9,6 +9,8 @@ use chat_core::wire::ServerFrame;
 pub enum GatewayError {
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
     #[error("not a member of room {0}")]
     NotMember(String),
     #[error("message text is {len} bytes; the limit is {max}")]
@@ -29,6 +31,7 @@ impl GatewayError {
     pub fn code(&self) -> ErrorCode {
         match self {
             GatewayError::BadRequest(_) => ErrorCode::BadRequest,
+            GatewayError::Unauthorized(_) => ErrorCode::Unauthorized,
             GatewayError::NotMember(_) => ErrorCode::NotMember,
             GatewayError::TextTooLarge { .. } => ErrorCode::TooLarge,
             GatewayError::IdConflict(_) => ErrorCode::IdConflict,

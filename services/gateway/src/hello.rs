@@ -19,6 +19,11 @@ use crate::upgrade::Socket;
 #[derive(Debug)]
 pub struct Hello {
     pub user: UserId,
+    /// The token's sign-in session, if it names one.
+    pub sid: Option<String>,
+    /// The token's expiry (Unix seconds): the session ends then unless an
+    /// `auth` frame renews it.
+    pub exp: u64,
     /// Room → the last sequence the client has seen.
     pub resume: BTreeMap<RoomId, u64>,
 }
@@ -96,8 +101,23 @@ pub async fn authenticate(
         ));
     }
     match st.verifier.verify(&token).await {
+        Ok(claims)
+            if claims
+                .session
+                .as_deref()
+                .is_some_and(|s| st.revocations.is_revoked(s)) =>
+        {
+            metrics::counter!("chat_gateway_auth_failures_total").increment(1);
+            Err(Refusal::with_error(
+                close::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                "invalid token: its session was revoked".into(),
+            ))
+        }
         Ok(claims) => Ok(Hello {
             user: claims.user,
+            sid: claims.session,
+            exp: claims.exp,
             resume,
         }),
         Err(e) => {

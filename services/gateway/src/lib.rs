@@ -16,6 +16,7 @@ pub mod origin;
 pub mod presence;
 pub mod queue;
 pub mod registry;
+pub mod revocation;
 pub mod session;
 pub mod start;
 pub mod state;
@@ -74,10 +75,13 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> an
     .context("token verifier")?;
     let ready = Readiness::new(Some(nats.clone()));
     let deliveries_ready = ready.flag("deliveries");
+    let revocations_ready = ready.flag("revocations");
+    let revocations = Arc::new(revocation::Revocations::default());
     let st = AppState::new(state::State {
         config: config.clone(),
         nats: nats.clone(),
-        log: RoomLog::new(js, stream).with_tail_cache(config.common.room_tail_cache),
+        log: RoomLog::new(js.clone(), stream).with_tail_cache(config.common.room_tail_cache),
+        revocations: revocations.clone(),
         verifier: Arc::new(verifier),
         registry: registry::Registry::default(),
         presence: presence::PresenceReporter::new(nats.clone(), gw.clone()),
@@ -137,6 +141,12 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> an
             }
         }
     });
+    let revocation_task = tokio::spawn(revocations.follow(
+        js,
+        st.registry.clone(),
+        revocations_ready,
+        shutdown.clone(),
+    ));
     let heartbeat = tokio::spawn(st.presence.clone().heartbeat_loop(
         st.registry.clone(),
         config.heartbeat,
@@ -185,6 +195,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> an
         Err(e) => tracing::warn!(error = %e, "admin listener task failed"),
     }
     heartbeat.abort();
+    revocation_task.abort();
     if let Err(e) = nats.drain().await {
         tracing::warn!(error = %e, "nats drain failed");
     }

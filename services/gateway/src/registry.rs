@@ -52,6 +52,9 @@ pub struct SessionHandle {
     /// Cancelled to close the session; the reason is in `close_reason`.
     pub kill: CancellationToken,
     pub close_reason: Arc<Mutex<Option<CloseReason>>>,
+    /// The sign-in session (`sid`) of the token the session runs on; an
+    /// in-band `auth` may change it.
+    pub sid: Arc<Mutex<Option<String>>>,
 }
 
 impl SessionHandle {
@@ -137,6 +140,19 @@ impl Registry {
         entry.sessions.insert(id, handle);
         entry.rooms.extend(rooms);
         Ok(first)
+    }
+
+    /// Closes every session running on sign-in session `sid`; how many.
+    pub fn close_session(&self, sid: &str, code: u16, reason: &str) -> usize {
+        let map = lock(&self.inner);
+        let mut n = 0;
+        for s in map.values().flat_map(|e| e.sessions.values()) {
+            if lock(&s.sid).as_deref() == Some(sid) {
+                s.close(code, reason);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Sessions `user` has on this gateway now.
@@ -303,6 +319,7 @@ mod tests {
             tx,
             kill: CancellationToken::new(),
             close_reason: Arc::new(Mutex::new(None)),
+            sid: Arc::new(Mutex::new(None)),
         };
         (h, rx)
     }

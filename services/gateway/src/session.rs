@@ -144,6 +144,7 @@ pub async fn run(st: AppState, socket: Socket, _slot: Option<OwnedSemaphorePermi
         }
     };
     let user = hello.user;
+    let (sid, exp) = (hello.sid, hello.exp);
     let span = tracing::info_span!("session", session = session_id, user = %user);
     async move {
         let cap = st.config.limits.max_connections_per_user;
@@ -170,6 +171,7 @@ pub async fn run(st: AppState, socket: Socket, _slot: Option<OwnedSemaphorePermi
             tx,
             kill: CancellationToken::new(),
             close_reason: Arc::new(Mutex::new(None)),
+            sid: Arc::new(Mutex::new(sid.clone())),
         };
         let snapshot_rooms = rooms.clone();
         // From here on deliveries reach the session's queue; the writer
@@ -184,6 +186,11 @@ pub async fn run(st: AppState, socket: Socket, _slot: Option<OwnedSemaphorePermi
                 Box::pin(refuse(sink, stream, too_many(cap))).await;
                 return;
             }
+        }
+        // A revocation that arrived while this session was being set up
+        // found nothing to close: check again now that it is registered.
+        if sid.as_deref().is_some_and(|s| st.revocations.is_revoked(s)) {
+            handle.close(close::REVOKED, "session revoked: sign in again");
         }
         let (snapshot_tx, snapshot_rx) = oneshot::channel();
         start.presence = Some(snapshot_rx);
@@ -203,7 +210,7 @@ pub async fn run(st: AppState, socket: Socket, _slot: Option<OwnedSemaphorePermi
         ));
         tracing::debug!("session authenticated");
 
-        read_loop(&st, &user, &handle, &mut stream).await;
+        read_loop(&st, &user, &handle, &mut stream, exp).await;
 
         if st.registry.remove(&user, session_id) {
             Box::pin(st.presence.disconnect(&user)).await;
@@ -273,17 +280,34 @@ async fn presence_snapshot(
     }
 }
 
+/// When a token expiring at `exp` (Unix seconds) runs out, as an instant.
+fn expiry_instant(exp: u64) -> tokio::time::Instant {
+    let now = chat_core::time::now_ms() / 1000;
+    tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now))
+}
+
 async fn read_loop(
     st: &AppState,
     user: &UserId,
     handle: &SessionHandle,
     stream: &mut SplitStream<Socket>,
+    exp: u64,
 ) {
     let limits = &st.config.limits;
     let mut rate = RateLimiter::new(limits.rate_per_sec, limits.rate_burst);
+    // The session lives as long as its token, renewed by `auth` frames.
+    let mut expires = expiry_instant(exp);
     loop {
         let incoming = tokio::select! {
             _ = handle.kill.cancelled() => return,
+            _ = tokio::time::sleep_until(expires) => {
+                metrics::counter!("chat_gateway_token_expired_closes_total").increment(1);
+                handle.close(
+                    close::TOKEN_EXPIRED,
+                    "access token expired: refresh it, reconnect and resume",
+                );
+                return;
+            }
             r = tokio::time::timeout(limits.idle_timeout, next_frame(stream)) => r,
         };
         let text = match incoming {
@@ -321,6 +345,13 @@ async fn read_loop(
             continue;
         }
         let answer = Box::pin(crate::commands::handle(st, user, &text)).await;
+        if let Some((sid, exp)) = answer.renewed.clone() {
+            expires = expiry_instant(exp);
+            *handle
+                .sid
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = sid;
+        }
         if !answer.positions.is_empty()
             && !handle.push_out(crate::registry::Out::Positions(answer.positions))
         {

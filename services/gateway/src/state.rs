@@ -42,6 +42,8 @@ pub struct State {
     pub log: RoomLog,
     pub verifier: Arc<chat_jwt::Verifier>,
     pub registry: Registry,
+    /// Revoked sign-in sessions (`revocation.rs`).
+    pub revocations: Arc<crate::revocation::Revocations>,
     pub presence: PresenceReporter,
     /// Tracks session tasks so shutdown can wait for them.
     pub sessions: TaskTracker,

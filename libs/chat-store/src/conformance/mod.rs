@@ -6,12 +6,14 @@
 
 mod history;
 mod page;
+mod sessions;
 mod users;
 
 use chat_core::events::{EventBody, MemberOp, RoomEvent};
 use chat_core::{ClientMsgId, RoomId, SCHEMA_VERSION, UserId};
 
 pub use history::history_store_suite;
+pub use sessions::session_store_suite;
 pub use users::user_store_suite;
 
 use crate::StoreError;

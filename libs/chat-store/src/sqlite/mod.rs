@@ -3,6 +3,7 @@
 
 mod history;
 mod schema;
+mod sessions;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};

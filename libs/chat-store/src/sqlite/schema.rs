@@ -44,6 +44,31 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_by_ts ON events (room, ts);",
     // 2: rooms by creator and time, for the per-user creation rate.
     "CREATE INDEX rooms_by_creator ON rooms (created_by, created_at);",
+    // 3: sign-in sessions and their refresh tokens (hashes only).
+    "CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        user TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    );
+    CREATE INDEX sessions_by_user ON sessions (user, created_at);
+    CREATE TABLE refresh_tokens (
+        hash TEXT PRIMARY KEY,
+        session TEXT NOT NULL REFERENCES sessions (id),
+        expires_at INTEGER NOT NULL,
+        used_at INTEGER
+    );
+    CREATE INDEX refresh_tokens_by_session ON refresh_tokens (session);",
+    // 4: sign-ins in progress at an OpenID provider (single use, short-lived).
+    "CREATE TABLE pending_logins (
+        state TEXT PRIMARY KEY,
+        binding TEXT NOT NULL,
+        nonce TEXT NOT NULL,
+        pkce_verifier TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX pending_logins_by_time ON pending_logins (created_at);",
 ];
 
 /// Applies every migration newer than the file's `user_version`.
