@@ -78,6 +78,24 @@ ensure_openssl() {
     || { $sudo apt-get update -qq >&2 && $sudo apt-get install -y -qq --no-install-recommends openssl >&2; }
 }
 
+# Node.js (Debian nodejs + npm when missing) and the npm packages of the
+# test OpenID provider (e2e/oidc: oidc-provider, pinned by its lock file).
+ensure_oidc_provider() {
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    echo "installing nodejs and npm (apt-get) for the OpenID provider tests" >&2
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    command -v apt-get >/dev/null || { echo "apt-get is needed to install nodejs" >&2; return 1; }
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get install -y -qq --no-install-recommends nodejs npm >&2 \
+      || { $sudo apt-get update -qq >&2 && $sudo apt-get install -y -qq --no-install-recommends nodejs npm >&2; }
+  fi
+  if [ ! -d "$ROOT/e2e/oidc/node_modules/oidc-provider" ]; then
+    echo "installing the test OpenID provider (npm ci in e2e/oidc)" >&2
+    npm ci --prefix "$ROOT/e2e/oidc" --no-audit --no-fund --loglevel=error >&2
+  fi
+}
+
 # cargo-fuzz (crates.io) for the fuzz targets in fuzz/.
 CARGO_FUZZ_VERSION="0.13.2"
 ensure_cargo_fuzz() {

@@ -6,6 +6,7 @@
 pub mod deploy;
 pub mod lb;
 pub mod load;
+pub mod oidc;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -61,8 +61,72 @@ pub struct Config {
     /// only for plain-HTTP hosts other than localhost. Default true.
     pub cookie_secure: bool,
     /// `CHAT_AUTH_DEV_LOGIN`: enable `POST /auth/dev/login`, which signs in
-    /// anyone by username. For development only. Default false.
+    /// anyone by username. For development only. Default false. Refused
+    /// together with an OIDC issuer unless `CHAT_AUTH_DEV_LOGIN_FORCE=true`.
     pub dev_login: bool,
+    /// OpenID Connect sign-in; `None` unless `CHAT_AUTH_OIDC_ISSUER` is set.
+    pub oidc: Option<crate::oidc::OidcConfig>,
+}
+
+/// Reads the `CHAT_AUTH_OIDC_*` options: none without an issuer; with one,
+/// the client id, secret and redirect URI are required.
+fn oidc_config(s: &Settings<'_>) -> Result<Option<crate::oidc::OidcConfig>, ConfigError> {
+    let Some(issuer) = s.raw("CHAT_AUTH_OIDC_ISSUER") else {
+        return Ok(None);
+    };
+    let required = |key: &str| {
+        s.raw(key).ok_or_else(|| ConfigError::Missing {
+            key: key.into(),
+            reason: "needed with CHAT_AUTH_OIDC_ISSUER".into(),
+        })
+    };
+    let client_id = required("CHAT_AUTH_OIDC_CLIENT_ID")?;
+    let client_secret = match s.password_file("CHAT_AUTH_OIDC_CLIENT_SECRET_FILE")? {
+        Some(secret) => secret,
+        None => s
+            .secret("CHAT_AUTH_OIDC_CLIENT_SECRET")
+            .ok_or_else(|| ConfigError::Missing {
+                key: "CHAT_AUTH_OIDC_CLIENT_SECRET_FILE".into(),
+                reason: "needed with CHAT_AUTH_OIDC_ISSUER (or CHAT_AUTH_OIDC_CLIENT_SECRET)"
+                    .into(),
+            })?,
+    };
+    let redirect_uri = required("CHAT_AUTH_OIDC_REDIRECT_URI")?;
+    let url_ok = |u: &str| u.starts_with("https://") || u.starts_with("http://");
+    for (key, value) in [
+        ("CHAT_AUTH_OIDC_ISSUER", &issuer),
+        ("CHAT_AUTH_OIDC_REDIRECT_URI", &redirect_uri),
+    ] {
+        if !url_ok(value) {
+            return Err(ConfigError::Invalid {
+                key: key.into(),
+                value: value.clone(),
+                reason: "must be an http(s) URL".into(),
+            });
+        }
+    }
+    if !redirect_uri.ends_with("/auth/callback") {
+        return Err(ConfigError::Invalid {
+            key: "CHAT_AUTH_OIDC_REDIRECT_URI".into(),
+            value: redirect_uri,
+            reason: "must end in /auth/callback (where the callback is served)".into(),
+        });
+    }
+    let mut scopes = s.list("CHAT_AUTH_OIDC_SCOPES");
+    if scopes.is_empty() {
+        scopes = vec!["openid".into(), "email".into(), "profile".into()];
+    }
+    Ok(Some(crate::oidc::OidcConfig {
+        issuer,
+        client_id,
+        client_secret,
+        redirect_uri,
+        scopes,
+        allowed_domains: s.list("CHAT_AUTH_OIDC_ALLOWED_DOMAINS"),
+        leeway: s.millis("CHAT_AUTH_OIDC_LEEWAY_MS", Duration::from_secs(30))?,
+        http_timeout: s.millis("CHAT_AUTH_OIDC_HTTP_TIMEOUT_MS", Duration::from_secs(10))?,
+        after_login_url: s.string("CHAT_AUTH_AFTER_LOGIN_URL", "/"),
+    }))
 }
 
 impl Config {
@@ -79,6 +143,17 @@ impl Config {
         }
         let session_ttl = s.millis("CHAT_AUTH_SESSION_TTL_MS", Duration::from_secs(30 * 86_400))?;
         let refresh_ttl = s.millis("CHAT_AUTH_REFRESH_TTL_MS", Duration::from_secs(14 * 86_400))?;
+        let dev_login = s.bool("CHAT_AUTH_DEV_LOGIN", false)?;
+        let oidc = oidc_config(&s)?;
+        if dev_login && oidc.is_some() && !s.bool("CHAT_AUTH_DEV_LOGIN_FORCE", false)? {
+            return Err(ConfigError::Invalid {
+                key: "CHAT_AUTH_DEV_LOGIN".into(),
+                value: "true".into(),
+                reason: "dev login lets anyone be anyone: refused together with \
+                         CHAT_AUTH_OIDC_ISSUER unless CHAT_AUTH_DEV_LOGIN_FORCE=true"
+                    .into(),
+            });
+        }
         Ok(Self {
             common: Common::from_settings(&s, "AUTH")?,
             published_key_files: s
@@ -102,7 +177,8 @@ impl Config {
             issuer: s.string("CHAT_AUTH_ISSUER", "urn:chat:auth"),
             audience: s.string("CHAT_AUTH_AUDIENCE", "chat"),
             access_ttl: Duration::from_millis(ttl_ms),
-            dev_login: s.bool("CHAT_AUTH_DEV_LOGIN", false)?,
+            dev_login,
+            oidc,
         })
     }
 }
@@ -144,6 +220,40 @@ mod tests {
         assert_eq!((c.issuer.as_str(), c.audience.as_str()), ("urn:x", "y"));
         assert_eq!(c.access_ttl, Duration::from_secs(60));
         assert!(c.dev_login);
+    }
+
+    #[test]
+    fn oidc_needs_its_client_and_refuses_dev_login_unless_forced() {
+        let oidc = MapSource::new()
+            .with("CHAT_AUTH_OIDC_ISSUER", "https://accounts.google.com")
+            .with("CHAT_AUTH_OIDC_CLIENT_ID", "id")
+            .with("CHAT_AUTH_OIDC_CLIENT_SECRET", "secret")
+            .with(
+                "CHAT_AUTH_OIDC_REDIRECT_URI",
+                "https://chat.example/auth/callback",
+            );
+        let c = Config::from_source(&oidc).expect("valid");
+        let o = c.oidc.expect("oidc on");
+        assert_eq!(o.scopes, vec!["openid", "email", "profile"]);
+        assert_eq!(o.leeway, Duration::from_secs(30));
+        let err = |src: &MapSource| {
+            Config::from_source(src)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let dev = oidc.clone().with("CHAT_AUTH_DEV_LOGIN", "true");
+        assert!(
+            err(&dev).contains("CHAT_AUTH_DEV_LOGIN_FORCE"),
+            "{}",
+            err(&dev)
+        );
+        let forced = dev.with("CHAT_AUTH_DEV_LOGIN_FORCE", "true");
+        assert!(Config::from_source(&forced).is_ok());
+        let no_id = MapSource::new().with("CHAT_AUTH_OIDC_ISSUER", "https://a.example");
+        assert!(err(&no_id).contains("CHAT_AUTH_OIDC_CLIENT_ID"));
+        let bad_uri = oidc.with("CHAT_AUTH_OIDC_REDIRECT_URI", "https://chat.example/cb");
+        assert!(err(&bad_uri).contains("/auth/callback"));
     }
 
     #[test]

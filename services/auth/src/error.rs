@@ -21,6 +21,13 @@ pub enum AuthError {
     /// of an ended session (OAuth2 `invalid_grant`).
     #[error("{0}")]
     InvalidGrant(String),
+    /// An OpenID Connect sign-in was refused (bad state, token, claims).
+    #[error("{0}")]
+    SignIn(String),
+    /// A dependency (the identity provider, a limit on work in progress)
+    /// cannot serve now.
+    #[error("{0}")]
+    Unavailable(String),
     /// A cookie-authenticated request without the CSRF header.
     #[error("{0}")]
     Csrf(String),
@@ -38,6 +45,15 @@ pub enum AuthError {
     Unexpected(#[from] anyhow::Error),
 }
 
+impl From<crate::oidc::OidcError> for AuthError {
+    fn from(e: crate::oidc::OidcError) -> Self {
+        match e {
+            crate::oidc::OidcError::Unavailable(m) => Self::Unavailable(m),
+            crate::oidc::OidcError::Refused(m) => Self::SignIn(m),
+        }
+    }
+}
+
 impl AuthError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
@@ -45,6 +61,8 @@ impl AuthError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::InvalidGrant(_) => (StatusCode::BAD_REQUEST, "invalid_grant"),
             Self::Csrf(_) => (StatusCode::FORBIDDEN, "csrf"),
+            Self::SignIn(_) => (StatusCode::UNAUTHORIZED, "sign_in_failed"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::MissingToken => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Token(VerifyError::Unavailable(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")

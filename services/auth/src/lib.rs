@@ -7,6 +7,7 @@
 mod config;
 mod error;
 mod keyfile;
+pub mod oidc;
 mod revocations;
 mod routes;
 mod sessions;
@@ -141,7 +142,11 @@ async fn serve_api(
         },
     };
     let revoker = Arc::new(revocations::KvRevoker::new(bucket));
-    let state = AppState::new(store.clone(), store, revoker, signer, opts);
+    let mut state = AppState::new(store.clone(), store, revoker, signer, opts);
+    if let Some(cfg) = config.oidc.clone() {
+        tracing::info!(issuer = %cfg.issuer, redirect_uri = %cfg.redirect_uri, "OpenID Connect sign-in enabled");
+        state = state.with_oidc(oidc::Oidc::new(cfg).context("OpenID Connect client")?);
+    }
     let app = layers(
         probes_router(readiness).merge(router(state)),
         &HttpLimits::default(),

@@ -39,6 +39,8 @@ pub struct AppState {
     pub(crate) cookie_secure: bool,
     /// `Max-Age` of the refresh cookie.
     pub(crate) refresh_ttl_secs: u64,
+    /// OpenID Connect sign-in, when configured.
+    pub(crate) oidc: Option<Arc<crate::oidc::Oidc>>,
 }
 
 /// Options of [`AppState::new`].
@@ -72,7 +74,18 @@ impl AppState {
             dev_login: opts.dev_login,
             cookie_secure: opts.cookie_secure,
             refresh_ttl_secs: opts.policy.refresh_ttl.as_secs(),
+            oidc: None,
         }
+    }
+
+    /// Enables OpenID Connect sign-in (`/auth/login`, `/auth/callback`).
+    pub fn with_oidc(mut self, oidc: crate::oidc::Oidc) -> Self {
+        self.oidc = Some(Arc::new(oidc));
+        self
+    }
+
+    pub(crate) fn session_store(&self) -> &dyn SessionStore {
+        self.sessions.store()
     }
 
     /// The claims of the request's bearer token, if it has one; a bad one
@@ -94,6 +107,8 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/dev/login", post(dev_login))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/auth/me", get(me))
+        .route("/auth/login", get(crate::oidc::routes::login))
+        .route("/auth/callback", get(crate::oidc::routes::callback))
         .merge(crate::token_routes::routes())
         .with_state(state)
 }

@@ -140,6 +140,11 @@ impl SessionService {
         }
     }
 
+    /// The store (pending sign-ins live there too).
+    pub fn store(&self) -> &dyn SessionStore {
+        self.store.as_ref()
+    }
+
     /// The session a refresh token belongs to, if it is live.
     pub async fn session_of(&self, refresh_token: &str) -> Result<Option<Session>, AuthError> {
         let now = chat_core::time::now_ms();
@@ -219,7 +224,7 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// 32 random bytes, base64url.
-fn random_token() -> Result<String, AuthError> {
+pub(crate) fn random_token() -> Result<String, AuthError> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes)
         .map_err(|e| AuthError::Unexpected(anyhow::anyhow!("no randomness: {e}")))?;
@@ -228,7 +233,7 @@ fn random_token() -> Result<String, AuthError> {
 
 /// What the store keeps of a refresh token: SHA-256, hex. The tokens are
 /// 256 random bits, so a fast hash is enough (nothing to brute-force).
-fn hash(token: &str) -> String {
+pub(crate) fn hash(token: &str) -> String {
     let digest = sha2::Sha256::digest(token.as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }

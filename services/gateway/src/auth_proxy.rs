@@ -18,6 +18,8 @@ use crate::state::AppState;
 /// The auth routes a client may reach through the gateway, with their method.
 pub const FORWARDED: &[(&str, MethodFilter)] = &[
     ("/auth/dev/login", MethodFilter::POST),
+    ("/auth/login", MethodFilter::GET),
+    ("/auth/callback", MethodFilter::GET),
     ("/auth/token", MethodFilter::POST),
     ("/auth/logout", MethodFilter::POST),
     ("/auth/logout/all", MethodFilter::POST),
@@ -37,11 +39,12 @@ const REQUEST_HEADERS: [header::HeaderName; 5] = [
     header::COOKIE,
     header::HeaderName::from_static("x-chat-csrf"),
 ];
-/// Response headers passed back.
-const RESPONSE_HEADERS: [header::HeaderName; 3] = [
+/// Response headers passed back (`Location`: sign-in redirects).
+const RESPONSE_HEADERS: [header::HeaderName; 4] = [
     header::CONTENT_TYPE,
     header::CACHE_CONTROL,
     header::WWW_AUTHENTICATE,
+    header::LOCATION,
 ];
 
 /// The HTTP client of the forward: bounded time, never follows redirects
