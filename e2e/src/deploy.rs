@@ -245,6 +245,8 @@ impl Deployment {
                 format!("{d}/auth-signing-key.pem"),
             ),
             ("CHAT_AUTH_DEV_LOGIN".into(), "true".into()),
+            ("CHAT_AUTH_RATE_IP_PER_MIN".into(), "1000000".into()),
+            ("CHAT_AUTH_RATE_ACCOUNT_PER_MIN".into(), "1000000".into()),
             ("CHAT_HISTORY_DB".into(), format!("{d}/history.db")),
         ];
         for (k, v) in extra {

@@ -67,6 +67,10 @@ fn base_options(nats_url: &str, data: &Path, extra: &[(&str, &str)]) -> Vec<(Str
         ("CHAT_GATEWAY_ADMIN_LISTEN".into(), "127.0.0.1:0".into()),
         ("CHAT_GATEWAY_HEARTBEAT_MS".into(), "1000".into()),
         ("CHAT_PRESENCE_TTL_MS".into(), "5000".into()),
+        // Tests sign in many users from one address; the limits' own
+        // tests lower these.
+        ("CHAT_AUTH_RATE_IP_PER_MIN".into(), "1000000".into()),
+        ("CHAT_AUTH_RATE_ACCOUNT_PER_MIN".into(), "1000000".into()),
     ];
     opts.extend(chat_testkit::all_services_env());
     for (k, v) in extra {

@@ -66,6 +66,44 @@ pub struct Config {
     pub dev_login: bool,
     /// OpenID Connect sign-in; `None` unless `CHAT_AUTH_OIDC_ISSUER` is set.
     pub oidc: Option<crate::oidc::OidcConfig>,
+    /// Rate limits (`CHAT_AUTH_RATE_IP_PER_MIN` 30,
+    /// `CHAT_AUTH_RATE_ACCOUNT_PER_MIN` 10, `CHAT_AUTH_TRUSTED_PROXIES`
+    /// loopback).
+    pub rates: crate::limits::RateConfig,
+}
+
+fn rates(s: &Settings<'_>) -> Result<crate::limits::RateConfig, ConfigError> {
+    let per_min = |key: &str, default: u32| {
+        let n = s.at_least(key, default, 1)?;
+        std::num::NonZeroU32::new(n).ok_or_else(|| ConfigError::Invalid {
+            key: key.into(),
+            value: n.to_string(),
+            reason: "must be at least 1".into(),
+        })
+    };
+    let mut trusted = Vec::new();
+    let listed = s.list("CHAT_AUTH_TRUSTED_PROXIES");
+    let listed = if listed.is_empty() {
+        vec!["127.0.0.0/8".to_string(), "::1/128".to_string()]
+    } else {
+        listed
+    };
+    for item in listed {
+        let net = item
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|e| ConfigError::Invalid {
+                key: "CHAT_AUTH_TRUSTED_PROXIES".into(),
+                value: item.clone(),
+                reason: format!("not an IP address or CIDR: {e}"),
+            })?;
+        trusted.push(net);
+    }
+    Ok(crate::limits::RateConfig {
+        ip_per_min: per_min("CHAT_AUTH_RATE_IP_PER_MIN", 30)?,
+        account_per_min: per_min("CHAT_AUTH_RATE_ACCOUNT_PER_MIN", 10)?,
+        trusted_proxies: trusted,
+    })
 }
 
 /// Reads the `CHAT_AUTH_OIDC_*` options: none without an issuer; with one,
@@ -179,6 +217,7 @@ impl Config {
             access_ttl: Duration::from_millis(ttl_ms),
             dev_login,
             oidc,
+            rates: rates(&s)?,
         })
     }
 }
@@ -271,6 +310,9 @@ mod tests {
             ("CHAT_AUTH_SESSION_TTL_MS", "0"),
             ("CHAT_AUTH_DEV_LOGIN", "maybe"),
             ("CHAT_AUTH_GENERATE_KEY", "perhaps"),
+            ("CHAT_AUTH_RATE_IP_PER_MIN", "0"),
+            ("CHAT_AUTH_RATE_ACCOUNT_PER_MIN", "x"),
+            ("CHAT_AUTH_TRUSTED_PROXIES", "10.0.0.0/99"),
         ] {
             let err = Config::from_source(&MapSource::new().with(key, value))
                 .err()

@@ -28,6 +28,9 @@ pub enum AuthError {
     /// cannot serve now.
     #[error("{0}")]
     Unavailable(String),
+    /// Too many requests of one client or account.
+    #[error("too many {what}; retry in {retry_after} s")]
+    RateLimited { what: String, retry_after: u64 },
     /// A cookie-authenticated request without the CSRF header.
     #[error("{0}")]
     Csrf(String),
@@ -61,6 +64,7 @@ impl AuthError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::InvalidGrant(_) => (StatusCode::BAD_REQUEST, "invalid_grant"),
             Self::Csrf(_) => (StatusCode::FORBIDDEN, "csrf"),
+            Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::SignIn(_) => (StatusCode::UNAUTHORIZED, "sign_in_failed"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::MissingToken => (StatusCode::UNAUTHORIZED, "unauthorized"),
@@ -86,6 +90,11 @@ impl IntoResponse for AuthError {
         };
         let body = Json(json!({ "error": { "code": code, "message": message } }));
         let mut response = (status, body).into_response();
+        if let Self::RateLimited { retry_after, .. } = &self
+            && let Ok(v) = HeaderValue::from_str(&retry_after.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

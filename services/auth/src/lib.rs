@@ -7,6 +7,7 @@
 mod config;
 mod error;
 mod keyfile;
+mod limits;
 pub mod oidc;
 mod revocations;
 mod routes;
@@ -30,6 +31,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub use config::Config;
 pub use error::AuthError;
 pub use keyfile::{KeyFileError, load_or_generate};
+pub use limits::RateConfig;
 pub use routes::{AppState, AuthUser, DEV_ISSUER, LoginRequest, Options, UserView, router};
 pub use sessions::{Revoker, SessionPolicy};
 pub use token_routes::{CSRF_HEADER, REFRESH_COOKIE, TokenResponse};
@@ -140,6 +142,7 @@ async fn serve_api(
             refresh_ttl: config.refresh_ttl,
             max_live: config.max_sessions_per_user,
         },
+        rates: config.rates.clone(),
     };
     let revoker = Arc::new(revocations::KvRevoker::new(bucket));
     let mut state = AppState::new(store.clone(), store, revoker, signer, opts);
@@ -147,13 +150,21 @@ async fn serve_api(
         tracing::info!(issuer = %cfg.issuer, redirect_uri = %cfg.redirect_uri, "OpenID Connect sign-in enabled");
         state = state.with_oidc(oidc::Oidc::new(cfg).context("OpenID Connect client")?);
     }
+    let limits = state.limits.clone();
+    let sweeper = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            limits.sweep();
+        }
+    });
     let app = layers(
         probes_router(readiness).merge(router(state)),
         &HttpLimits::default(),
     );
     tracing::info!(addr = ?public.local_addr().ok(), "auth service listening");
-    serve(public, app, shutdown, &config.http)
-        .await
-        .context("serving HTTP")?;
+    let served = serve(public, app, shutdown, &config.http).await;
+    sweeper.abort();
+    served.context("serving HTTP")?;
     Ok(())
 }

@@ -41,14 +41,17 @@ pub struct AppState {
     pub(crate) refresh_ttl_secs: u64,
     /// OpenID Connect sign-in, when configured.
     pub(crate) oidc: Option<Arc<crate::oidc::Oidc>>,
+    /// Rate limits of the sign-in and token endpoints.
+    pub(crate) limits: crate::limits::Limits,
 }
 
 /// Options of [`AppState::new`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Options {
     pub dev_login: bool,
     pub cookie_secure: bool,
     pub policy: SessionPolicy,
+    pub rates: crate::limits::RateConfig,
 }
 
 impl AppState {
@@ -75,6 +78,7 @@ impl AppState {
             cookie_secure: opts.cookie_secure,
             refresh_ttl_secs: opts.policy.refresh_ttl.as_secs(),
             oidc: None,
+            limits: crate::limits::Limits::new(&opts.rates),
         }
     }
 
@@ -102,14 +106,21 @@ impl AppState {
 }
 
 /// The auth routes (without ops endpoints or layers; `run` adds those).
+/// Sign-in and token routes are rate limited per client IP.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let limited = Router::new()
         .route("/auth/dev/login", post(dev_login))
-        .route("/.well-known/jwks.json", get(jwks))
-        .route("/auth/me", get(me))
         .route("/auth/login", get(crate::oidc::routes::login))
         .route("/auth/callback", get(crate::oidc::routes::callback))
         .merge(crate::token_routes::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::limits::per_ip,
+        ));
+    Router::new()
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/auth/me", get(me))
+        .merge(limited)
         .with_state(state)
 }
 
@@ -154,6 +165,7 @@ async fn dev_login(
             email: None,
         })
         .await?;
+    state.limits.check_account(user.id.as_str())?;
     let issued = state.sessions.start(&state.signer, &user).await?;
     metrics::counter!("chat_auth_logins_total", "method" => "dev").increment(1);
     Ok(crate::token_routes::session_response(&state, issued, false))

@@ -113,6 +113,10 @@ async fn token(
         Presented::Body(t) => (t, false),
         Presented::Cookie(t) => (t, true),
     };
+    // Per account: the session's user, when the token names one.
+    if let Some(session) = st.sessions.session_of(&raw).await? {
+        st.limits.check_account(session.user.as_str())?;
+    }
     let result = st
         .sessions
         .refresh(&st.signer, st.users.as_ref(), &raw)

@@ -51,6 +51,11 @@ fn app(dev_login: bool) -> App {
             refresh_ttl: Duration::from_secs(600),
             max_live: 3,
         },
+        rates: chat_auth::RateConfig {
+            ip_per_min: std::num::NonZeroU32::new(1000).expect("nonzero"),
+            account_per_min: std::num::NonZeroU32::new(1000).expect("nonzero"),
+            trusted_proxies: Vec::new(),
+        },
     };
     let revoked = Arc::new(Recorded::default());
     App {

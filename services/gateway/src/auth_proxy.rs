@@ -39,12 +39,14 @@ const REQUEST_HEADERS: [header::HeaderName; 5] = [
     header::COOKIE,
     header::HeaderName::from_static("x-chat-csrf"),
 ];
-/// Response headers passed back (`Location`: sign-in redirects).
-const RESPONSE_HEADERS: [header::HeaderName; 4] = [
+/// Response headers passed back (`Location`: sign-in redirects;
+/// `Retry-After`: rate limits).
+const RESPONSE_HEADERS: [header::HeaderName; 5] = [
     header::CONTENT_TYPE,
     header::CACHE_CONTROL,
     header::WWW_AUTHENTICATE,
     header::LOCATION,
+    header::RETRY_AFTER,
 ];
 
 /// The HTTP client of the forward: bounded time, never follows redirects
@@ -70,6 +72,7 @@ pub fn routes() -> Router<AppState> {
 
 async fn forward(
     State(st): State<AppState>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     matched: MatchedPath,
     method: Method,
     uri: Uri,
@@ -90,6 +93,12 @@ async fn forward(
         for v in headers.get_all(&name) {
             req = req.header(name.clone(), v);
         }
+    }
+    // Auth's per-IP rate limits count the browser, not this gateway (auth
+    // believes the header only from its trusted proxies; a client's own
+    // header of that name is never forwarded).
+    if let Some(axum::Extension(axum::extract::ConnectInfo(addr))) = peer {
+        req = req.header("x-chat-client-ip", addr.ip().to_string());
     }
     let mut resp = match req.send().await {
         Ok(r) => r,

@@ -150,6 +150,7 @@ async fn finish(
         .await?;
     // Users are keyed by (issuer, subject), never by email.
     let user = st.users.upsert_user(&identity).await?;
+    st.limits.check_account(user.id.as_str())?;
     let issued = st.sessions.start(&st.signer, &user).await?;
     metrics::counter!("chat_auth_logins_total", "method" => "oidc").increment(1);
     tracing::info!(audit = "sign_in", user = %user.id, issuer = %identity.issuer, "OIDC sign-in");
