@@ -21,6 +21,9 @@ pub enum ErrorCode {
     NotAuthenticated,
     /// The token is missing, expired, forged or otherwise invalid.
     Unauthorized,
+    /// The token is valid but its scopes do not allow this (service
+    /// accounts).
+    Forbidden,
     /// The room does not exist.
     NotFound,
     /// The user is not a member of the room.
@@ -49,6 +52,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::NotAuthenticated => "not_authenticated",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
             ErrorCode::NotMember => "not_member",
             ErrorCode::TooLarge => "too_large",

@@ -9,9 +9,11 @@ use chat_core::svc::{PageQuery, Room};
 use chat_core::{ClientMsgId, RoomId, UserId};
 
 pub mod conformance;
+mod service_accounts;
 mod sessions;
 mod sqlite;
 
+pub use service_accounts::{ServiceAccount, ServiceAccountStore};
 pub use sessions::{PendingLogin, RefreshRecord, Rotation, Session, SessionStore};
 pub use sqlite::SqliteStore;
 

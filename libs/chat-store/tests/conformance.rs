@@ -5,8 +5,12 @@ use std::sync::Arc;
 
 use chat_core::svc::Room;
 use chat_core::{RoomId, UserId};
-use chat_store::conformance::{history_store_suite, session_store_suite, user_store_suite};
-use chat_store::{HistoryStore, Identity, PageRange, SessionStore, SqliteStore, UserStore};
+use chat_store::conformance::{
+    history_store_suite, service_account_store_suite, session_store_suite, user_store_suite,
+};
+use chat_store::{
+    HistoryStore, Identity, PageRange, ServiceAccountStore, SessionStore, SqliteStore, UserStore,
+};
 
 fn memory() -> SqliteStore {
     SqliteStore::in_memory().expect("in-memory sqlite opens")
@@ -25,6 +29,11 @@ async fn sqlite_in_memory_passes_the_history_store_suite() {
 #[tokio::test]
 async fn sqlite_in_memory_passes_the_session_store_suite() {
     session_store_suite(|| Arc::new(memory()) as Arc<dyn SessionStore>).await;
+}
+
+#[tokio::test]
+async fn sqlite_in_memory_passes_the_service_account_store_suite() {
+    service_account_store_suite(|| Arc::new(memory()) as Arc<dyn ServiceAccountStore>).await;
 }
 
 #[tokio::test]

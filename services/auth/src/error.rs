@@ -31,6 +31,10 @@ pub enum AuthError {
     /// Too many requests of one client or account.
     #[error("too many {what}; retry in {retry_after} s")]
     RateLimited { what: String, retry_after: u64 },
+    /// Client credentials that are unknown, wrong or disabled (OAuth2
+    /// `invalid_client`).
+    #[error("{0}")]
+    InvalidClient(String),
     /// A cookie-authenticated request without the CSRF header.
     #[error("{0}")]
     Csrf(String),
@@ -64,6 +68,7 @@ impl AuthError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::InvalidGrant(_) => (StatusCode::BAD_REQUEST, "invalid_grant"),
             Self::Csrf(_) => (StatusCode::FORBIDDEN, "csrf"),
+            Self::InvalidClient(_) => (StatusCode::UNAUTHORIZED, "invalid_client"),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::SignIn(_) => (StatusCode::UNAUTHORIZED, "sign_in_failed"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),

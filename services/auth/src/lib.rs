@@ -4,6 +4,7 @@
 //! access tokens signed with an Ed25519 key, the JWKS other services verify
 //! them with, and a development-only login by username.
 
+pub mod cli;
 mod config;
 mod error;
 mod keyfile;
@@ -11,6 +12,7 @@ mod limits;
 pub mod oidc;
 mod revocations;
 mod routes;
+mod service_accounts;
 mod sessions;
 mod token_routes;
 
@@ -145,7 +147,7 @@ async fn serve_api(
         rates: config.rates.clone(),
     };
     let revoker = Arc::new(revocations::KvRevoker::new(bucket));
-    let mut state = AppState::new(store.clone(), store, revoker, signer, opts);
+    let mut state = AppState::new(store.clone(), store.clone(), store, revoker, signer, opts);
     if let Some(cfg) = config.oidc.clone() {
         tracing::info!(issuer = %cfg.issuer, redirect_uri = %cfg.redirect_uri, "OpenID Connect sign-in enabled");
         state = state.with_oidc(oidc::Oidc::new(cfg).context("OpenID Connect client")?);

@@ -1,4 +1,5 @@
-//! The auth service binary: config from the environment, then `run`.
+//! The auth service binary: config from the environment, then `run`; or
+//! `chat-auth service-account …` to manage service accounts (`cli.rs`).
 
 use anyhow::Context as _;
 use chat_auth::{Config, run};
@@ -10,6 +11,13 @@ async fn main() -> anyhow::Result<()> {
     chat_platform::telemetry::init(&format);
     let source = EnvSource::load()?;
     let config = Config::from_source(&source)?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some((first, rest)) = args.split_first() {
+        if first == "service-account" {
+            return chat_auth::cli::run(rest, &config).await;
+        }
+        anyhow::bail!("usage: chat-auth [service-account …]");
+    }
     let public = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {} (CHAT_AUTH_LISTEN)", config.listen))?;

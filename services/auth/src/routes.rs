@@ -30,6 +30,7 @@ const MAX_USERNAME: usize = 32;
 #[derive(Clone)]
 pub struct AppState {
     pub(crate) users: Arc<dyn UserStore>,
+    pub(crate) service_accounts: Arc<dyn chat_store::ServiceAccountStore>,
     pub(crate) sessions: SessionService,
     pub(crate) signer: Signer,
     verifier: Verifier,
@@ -60,6 +61,7 @@ impl AppState {
     /// never fetches its own JWKS.
     pub fn new(
         users: Arc<dyn UserStore>,
+        service_accounts: Arc<dyn chat_store::ServiceAccountStore>,
         sessions: Arc<dyn SessionStore>,
         revoker: Arc<dyn Revoker>,
         signer: Signer,
@@ -70,6 +72,7 @@ impl AppState {
             Verifier::with_jwks(&jwks, signer.issuer(), signer.audience(), DEFAULT_LEEWAY);
         Self {
             users,
+            service_accounts,
             sessions: SessionService::new(sessions, revoker, opts.policy),
             signer,
             verifier,

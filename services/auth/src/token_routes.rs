@@ -34,13 +34,22 @@ pub fn routes() -> Router<AppState> {
         .route("/auth/logout/all", post(logout_all))
 }
 
-/// Body of `POST /auth/token` (and optionally of `/auth/logout`).
+/// Body of `POST /auth/token`: JSON or `application/x-www-form-urlencoded`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     pub grant_type: String,
     #[serde(default)]
     pub refresh_token: Option<String>,
+    /// Client credentials (service accounts), unless sent with HTTP Basic.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// Client credentials: narrow the token to these of the account's
+    /// scopes (space-separated); absent: all of them.
+    #[serde(default)]
+    pub scope: Option<String>,
 }
 
 /// Answer of a sign-in or a refresh. `refresh_token` is in the body only
@@ -52,6 +61,9 @@ pub struct TokenResponse {
     pub expires_in: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_token: Option<String>,
+    /// The token's scopes (service accounts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
     pub user: UserView,
 }
 
@@ -91,18 +103,36 @@ fn parse_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<
     serde_json::from_slice(body).map_err(|e| AuthError::BadRequest(format!("body: {e}")))
 }
 
-/// `POST /auth/token` with `grant_type: refresh_token`.
+/// `POST /auth/token`: `grant_type` `refresh_token` or
+/// `client_credentials`.
 async fn token(
     State(st): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, AuthError> {
-    let req: TokenRequest = parse_body(&body)?;
-    if req.grant_type != "refresh_token" {
-        return Err(AuthError::BadRequest(format!(
-            "unsupported grant_type {:?} (use \"refresh_token\")",
-            req.grant_type
-        )));
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let req: TokenRequest = if form {
+        if body.len() > MAX_BODY {
+            return Err(AuthError::BadRequest(format!(
+                "body larger than {MAX_BODY} bytes"
+            )));
+        }
+        serde_urlencoded::from_bytes(&body)
+            .map_err(|e| AuthError::BadRequest(format!("body: {e}")))?
+    } else {
+        parse_body(&body)?
+    };
+    match req.grant_type.as_str() {
+        "refresh_token" => {}
+        "client_credentials" => return client_credentials(&st, &headers, req).await,
+        other => {
+            return Err(AuthError::BadRequest(format!(
+                "unsupported grant_type {other:?} (use \"refresh_token\" or \"client_credentials\")"
+            )));
+        }
     }
     let Some(presented) = presented(&headers, req.refresh_token)? else {
         return Err(AuthError::InvalidGrant(
@@ -137,6 +167,55 @@ async fn token(
     }
 }
 
+/// The client-credentials grant: id and secret from HTTP Basic or the body.
+async fn client_credentials(
+    st: &AppState,
+    headers: &HeaderMap,
+    req: TokenRequest,
+) -> Result<Response, AuthError> {
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| {
+            s.split_once(':')
+                .map(|(i, p)| (i.to_string(), p.to_string()))
+        });
+    let (id, secret) = match (basic, req.client_id, req.client_secret) {
+        (Some(pair), _, _) => pair,
+        (None, Some(id), Some(secret)) => (id, secret),
+        _ => {
+            return Err(AuthError::InvalidClient(
+                "client_id and client_secret are required (body or HTTP Basic)".into(),
+            ));
+        }
+    };
+    let (access_token, expires_in, account) =
+        crate::service_accounts::token(st, &id, &secret, req.scope.as_deref()).await?;
+    let body = TokenResponse {
+        access_token,
+        token_type: "Bearer".into(),
+        expires_in,
+        refresh_token: None,
+        scope: Some(account.scopes.join(" ")),
+        user: UserView {
+            id: account.user.to_string(),
+            name: account.name,
+        },
+    };
+    let mut resp = Json(body).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
 /// The answer to a sign-in or refresh: tokens in the body, and for cookie
 /// clients the refresh token in the cookie instead.
 pub fn session_response(st: &AppState, issued: Issued, cookie_only: bool) -> Response {
@@ -150,6 +229,7 @@ pub fn session_response(st: &AppState, issued: Issued, cookie_only: bool) -> Res
         token_type: "Bearer".into(),
         expires_in: issued.expires_in,
         refresh_token: (!cookie_only).then_some(issued.refresh_token),
+        scope: None,
         user,
     };
     let mut resp = Json(body).into_response();

@@ -59,7 +59,14 @@ fn app(dev_login: bool) -> App {
     };
     let revoked = Arc::new(Recorded::default());
     App {
-        router: router(AppState::new(store.clone(), store, revoked, signer, opts)),
+        router: router(AppState::new(
+            store.clone(),
+            store.clone(),
+            store,
+            revoked,
+            signer,
+            opts,
+        )),
         key,
     }
 }

@@ -26,8 +26,9 @@ pub struct Answer {
     /// Rooms whose position the reply tells the client (`rooms.list`, a
     /// join): the writer starts them there, so no later message is skipped.
     pub positions: Vec<(RoomId, u64)>,
-    /// A valid `auth` renewed the session: its new `sid` and expiry.
-    pub renewed: Option<(Option<String>, u64)>,
+    /// A valid `auth` renewed the session: its new `sid`, expiry and
+    /// scopes.
+    pub renewed: Option<(Option<String>, u64, crate::scopes::Scopes)>,
 }
 
 impl From<ServerFrame> for Answer {
@@ -42,7 +43,12 @@ impl From<ServerFrame> for Answer {
 
 /// Handles one text frame from an authenticated client.
 #[tracing::instrument(skip_all)]
-pub async fn handle(st: &AppState, user: &UserId, text: &str) -> Answer {
+pub async fn handle(
+    st: &AppState,
+    user: &UserId,
+    scopes: &crate::scopes::Scopes,
+    text: &str,
+) -> Answer {
     let frame = match chat_core::decode::decode(text) {
         Ok(f) => f,
         Err(e) => {
@@ -68,6 +74,12 @@ pub async fn handle(st: &AppState, user: &UserId, text: &str) -> Answer {
         | ClientFrame::Auth { id, .. } => id.clone(),
         ClientFrame::Hello { .. } => None,
     };
+    // The token's scopes first (service accounts), then the request.
+    if let Err(e) = scopes.check(&frame) {
+        metrics::counter!("chat_gateway_request_errors_total", "code" => e.code().as_str())
+            .increment(1);
+        return e.frame(id).into();
+    }
     let result = match frame {
         ClientFrame::Hello { .. } => Err(GatewayError::BadRequest("already authenticated".into())),
         ClientFrame::Ping { id } => Ok(ServerFrame::Pong { id }.into()),
@@ -134,7 +146,11 @@ async fn reauth(
             exp: claims.exp,
         },
         positions: Vec::new(),
-        renewed: Some((claims.session, claims.exp)),
+        renewed: Some((
+            claims.session,
+            claims.exp,
+            crate::scopes::Scopes::from_claims(claims.scopes),
+        )),
     })
 }
 

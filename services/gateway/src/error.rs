@@ -11,6 +11,8 @@ pub enum GatewayError {
     BadRequest(String),
     #[error("{0}")]
     Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("not a member of room {0}")]
     NotMember(String),
     #[error("message text is {len} bytes; the limit is {max}")]
@@ -32,6 +34,7 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest(_) => ErrorCode::BadRequest,
             GatewayError::Unauthorized(_) => ErrorCode::Unauthorized,
+            GatewayError::Forbidden(_) => ErrorCode::Forbidden,
             GatewayError::NotMember(_) => ErrorCode::NotMember,
             GatewayError::TextTooLarge { .. } => ErrorCode::TooLarge,
             GatewayError::IdConflict(_) => ErrorCode::IdConflict,

@@ -24,6 +24,8 @@ pub struct Hello {
     /// The token's expiry (Unix seconds): the session ends then unless an
     /// `auth` frame renews it.
     pub exp: u64,
+    /// What the token may do (service accounts; people: everything).
+    pub scopes: crate::scopes::Scopes,
     /// Room → the last sequence the client has seen.
     pub resume: BTreeMap<RoomId, u64>,
 }
@@ -118,6 +120,7 @@ pub async fn authenticate(
             user: claims.user,
             sid: claims.session,
             exp: claims.exp,
+            scopes: crate::scopes::Scopes::from_claims(claims.scopes),
             resume,
         }),
         Err(e) => {

@@ -17,6 +17,7 @@ pub mod presence;
 pub mod queue;
 pub mod registry;
 pub mod revocation;
+pub mod scopes;
 pub mod session;
 pub mod start;
 pub mod state;

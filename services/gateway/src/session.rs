@@ -144,7 +144,7 @@ pub async fn run(st: AppState, socket: Socket, _slot: Option<OwnedSemaphorePermi
         }
     };
     let user = hello.user;
-    let (sid, exp) = (hello.sid, hello.exp);
+    let (sid, exp, scopes) = (hello.sid, hello.exp, hello.scopes);
     let span = tracing::info_span!("session", session = session_id, user = %user);
     async move {
         let cap = st.config.limits.max_connections_per_user;
@@ -210,7 +210,7 @@ pub async fn run(st: AppState, socket: Socket, _slot: Option<OwnedSemaphorePermi
         ));
         tracing::debug!("session authenticated");
 
-        read_loop(&st, &user, &handle, &mut stream, exp).await;
+        read_loop(&st, &user, &handle, &mut stream, exp, scopes).await;
 
         if st.registry.remove(&user, session_id) {
             Box::pin(st.presence.disconnect(&user)).await;
@@ -292,6 +292,7 @@ async fn read_loop(
     handle: &SessionHandle,
     stream: &mut SplitStream<Socket>,
     exp: u64,
+    mut scopes: crate::scopes::Scopes,
 ) {
     let limits = &st.config.limits;
     let mut rate = RateLimiter::new(limits.rate_per_sec, limits.rate_burst);
@@ -344,9 +345,10 @@ async fn read_loop(
             }));
             continue;
         }
-        let answer = Box::pin(crate::commands::handle(st, user, &text)).await;
-        if let Some((sid, exp)) = answer.renewed.clone() {
+        let answer = Box::pin(crate::commands::handle(st, user, &scopes, &text)).await;
+        if let Some((sid, exp, renewed_scopes)) = answer.renewed.clone() {
             expires = expiry_instant(exp);
+            scopes = renewed_scopes;
             *handle
                 .sid
                 .lock()

@@ -6,6 +6,7 @@
 
 mod history;
 mod page;
+mod service_accounts;
 mod sessions;
 mod users;
 
@@ -13,6 +14,7 @@ use chat_core::events::{EventBody, MemberOp, RoomEvent};
 use chat_core::{ClientMsgId, RoomId, SCHEMA_VERSION, UserId};
 
 pub use history::history_store_suite;
+pub use service_accounts::service_account_store_suite;
 pub use sessions::session_store_suite;
 pub use users::user_store_suite;
 

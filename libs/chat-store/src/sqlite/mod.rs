@@ -3,6 +3,7 @@
 
 mod history;
 mod schema;
+mod service_accounts;
 mod sessions;
 
 use std::path::Path;

@@ -69,6 +69,16 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL
     );
     CREATE INDEX pending_logins_by_time ON pending_logins (created_at);",
+    // 5: service accounts (secrets as hashes; scopes as a JSON array).
+    "CREATE TABLE service_accounts (
+        id TEXT PRIMARY KEY,
+        user TEXT NOT NULL,
+        name TEXT NOT NULL,
+        secret_hash TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        disabled INTEGER NOT NULL DEFAULT 0
+    );",
 ];
 
 /// Applies every migration newer than the file's `user_version`.
