@@ -287,3 +287,29 @@ async fn ping_until(ws: &mut WsClient, t: u64) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn revocation_closes_the_sessions_sockets_on_every_gateway() {
+    let nats = chat_testkit::NatsServer::start().await.expect("nats");
+    let d = chat_e2e::deploy::Deployment::start(&nats.url(), 2, &[])
+        .await
+        .expect("two gateways as processes");
+    let http = d.gateways[0].http_url();
+    let login = chat_e2e::login(&http, "zed").await.expect("login");
+    let (mut a, _) = WsClient::connect_as(&d.gateways[0].ws_url(), &login.token)
+        .await
+        .expect("on gateway 1");
+    let (mut b, _) = WsClient::connect_as(&d.gateways[1].ws_url(), &login.token)
+        .await
+        .expect("on gateway 2");
+    let t0 = Instant::now();
+    let resp = reqwest::Client::new()
+        .post(format!("{http}/auth/logout"))
+        .json(&json!({"refresh_token": login.refresh_token}))
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(resp.status().as_u16(), 204);
+    closed_within_a_second(&mut a, t0, 4010).await;
+    closed_within_a_second(&mut b, t0, 4010).await;
+}
