@@ -196,3 +196,114 @@ async fn the_example_bot_answers_in_its_room() {
     assert_eq!(answer["text"], "echo: hello bot");
     assert_ne!(login.user_id, bot_user);
 }
+
+/// A NATS client authenticated by `token` (the auth callout decides);
+/// server errors (permission violations) arrive on the channel.
+async fn nats_with_token(
+    url: &str,
+    token: &str,
+) -> Result<
+    (
+        async_nats::Client,
+        tokio::sync::mpsc::UnboundedReceiver<String>,
+    ),
+    async_nats::ConnectError,
+> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let c = async_nats::ConnectOptions::with_token(token.to_string())
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    let _sent = tx.send(e.to_string());
+                }
+            }
+        })
+        .connect(url)
+        .await?;
+    Ok((c, rx))
+}
+
+async fn violation(errors: &mut tokio::sync::mpsc::UnboundedReceiver<String>, subject: &str) {
+    let wait = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Some(e) = errors.recv().await {
+            if e.contains(subject) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(wait.is_ok(), "no permission violation for {subject}");
+}
+
+#[tokio::test]
+async fn a_service_account_reads_its_granted_rooms_over_nats_and_nothing_else() {
+    use futures::StreamExt as _;
+    let sys = System::start().await.expect("system");
+    let url = sys.nats.as_ref().expect("own nats").url();
+    let (mut alice, alice_login) = sys.client("alice").await.expect("alice");
+    let a = create_room(&mut alice, "a").await.expect("room a");
+    let b = create_room(&mut alice, "b").await.expect("room b");
+    let grant = format!("room:{a}");
+    let (id, secret, _) = create(&sys, "Reader", &["rooms:read", "rooms:post", &grant]);
+    let (_, body) = token(&sys, &id, &secret).await;
+    let access = body["access_token"].as_str().expect("token").to_string();
+
+    let (bot, mut errors) = nats_with_token(&url, &access)
+        .await
+        .expect("the callout admits it");
+    let mut events = bot
+        .subscribe(format!("chat.room.{a}.>"))
+        .await
+        .expect("sub");
+    // PING/PONG: the server has the subscription (the bot may publish
+    // nothing, so no request round trip).
+    bot.flush().await.expect("flush");
+    chat_e2e::send(&mut alice, &a, "n1", "over nats")
+        .await
+        .expect("send");
+    let ev = tokio::time::timeout(std::time::Duration::from_secs(5), events.next())
+        .await
+        .expect("an event in time")
+        .expect("event");
+    let ev: Value = serde_json::from_slice(&ev.payload).expect("json");
+    assert_eq!(ev["text"], "over nats");
+
+    // Another room, any publish: refused by the server.
+    let _other = bot
+        .subscribe(format!("chat.room.{b}.>"))
+        .await
+        .expect("queued");
+    violation(&mut errors, &format!("chat.room.{b}.>")).await;
+    for subject in [
+        format!("chat.room.{a}.msg"),
+        format!("chat.room.{b}.msg"),
+        "gw.g1.deliver".to_string(),
+    ] {
+        bot.publish(subject.clone(), "x".into())
+            .await
+            .expect("queued");
+        bot.flush().await.expect("flush");
+        violation(&mut errors, &subject).await;
+    }
+
+    // Who does not get in: a person, a forged token, no token, an account
+    // without a readable room.
+    let (no_read, no_read_secret, _) = create(&sys, "Poster", &["rooms:post", &grant]);
+    let (_, body) = token(&sys, &no_read, &no_read_secret).await;
+    let poster = body["access_token"].as_str().expect("token").to_string();
+    for (what, t) in [
+        ("a person's token", alice_login.token.as_str()),
+        ("garbage", "not-a-token"),
+        ("a token without rooms:read", poster.as_str()),
+    ] {
+        assert!(
+            nats_with_token(&url, t).await.is_err(),
+            "{what} got into NATS"
+        );
+    }
+    assert!(
+        async_nats::connect(&url).await.is_err(),
+        "no token got into NATS"
+    );
+}

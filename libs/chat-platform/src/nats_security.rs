@@ -98,7 +98,9 @@ impl Role {
             Role::Auth => {
                 let mut p = vec![sync, format!("$KV.{}.>", names::REVOKED_BUCKET)];
                 p.extend(stream_setup(&revoked));
-                (p, vec![inbox])
+                // The auth callout: the server asks auth about every
+                // connection that is not one of these service users.
+                (p, vec![inbox, CALLOUT_SUBJECT.into()])
             }
             Role::Gateway => {
                 let mut p = vec![
@@ -175,6 +177,9 @@ pub struct Permissions {
     pub subscribe: Vec<String>,
 }
 
+/// Where nats-server sends authorization requests (auth callout).
+pub const CALLOUT_SUBJECT: &str = "$SYS.REQ.USER.AUTH";
+
 /// One user of the rendered configuration: a role and its bcrypt password
 /// hash (never the password itself).
 #[derive(Debug, Clone)]
@@ -200,6 +205,21 @@ pub fn hash_password(password: &str) -> Result<String, HashError> {
         .map_err(|e| HashError(e.to_string()))
 }
 
+/// A fresh account nkey for the auth callout: its seed (secret, for the
+/// auth service) and its public key (the `issuer` of the server config).
+pub fn new_callout_key() -> Result<(String, String), HashError> {
+    let kp = nkeys::KeyPair::new_account();
+    let seed = kp.seed().map_err(|e| HashError(e.to_string()))?;
+    Ok((seed, kp.public_key()))
+}
+
+/// The public key of a callout seed.
+pub fn callout_public_key(seed: &str) -> Result<String, HashError> {
+    nkeys::KeyPair::from_seed(seed.trim())
+        .map(|kp| kp.public_key())
+        .map_err(|e| HashError(format!("not an account nkey seed: {e}")))
+}
+
 /// A fresh random password (32 bytes, base64url).
 pub fn random_password() -> Result<String, HashError> {
     use base64::Engine as _;
@@ -210,8 +230,11 @@ pub fn random_password() -> Result<String, HashError> {
 
 /// The nats-server `authorization { … }` block for `users`. Connections
 /// without valid credentials are refused; each user gets its role's
-/// permissions.
-pub fn render_authorization(users: &[UserEntry]) -> String {
+/// permissions. With `callout_issuer` (the public account nkey whose seed
+/// the auth service holds), every other connection is decided by the auth
+/// service (auth callout): service accounts connect with their access
+/// token and get read access to their granted rooms only.
+pub fn render_authorization(users: &[UserEntry], callout_issuer: Option<&str>) -> String {
     let mut out = String::from("authorization {\n  timeout: 2\n  users: [\n");
     for u in users {
         let p = u.role.permissions();
@@ -224,7 +247,17 @@ pub fn render_authorization(users: &[UserEntry]) -> String {
             list(&p.subscribe),
         );
     }
-    out.push_str("  ]\n}\n");
+    out.push_str("  ]\n");
+    if let Some(issuer) = callout_issuer {
+        let bypass: Vec<String> = users.iter().map(|u| u.role.user().to_string()).collect();
+        let _ = writeln!(
+            out,
+            "  auth_callout {{\n    issuer: {}\n    auth_users: {}\n  }}",
+            quote(issuer),
+            list(&bypass)
+        );
+    }
+    out.push_str("}\n");
     out
 }
 
@@ -257,10 +290,15 @@ mod tests {
 
     #[test]
     fn rendered_users_carry_hashes_and_their_permissions() {
-        let conf = render_authorization(&[UserEntry {
-            role: Role::Fanout,
-            bcrypt_hash: "$2b$10$abc".into(),
-        }]);
+        let conf = render_authorization(
+            &[UserEntry {
+                role: Role::Fanout,
+                bcrypt_hash: "$2b$10$abc".into(),
+            }],
+            Some("AISSUER"),
+        );
+        assert!(conf.contains("issuer: \"AISSUER\""));
+        assert!(conf.contains("auth_users: [\"fanout\"]"));
         assert!(conf.contains("user: \"fanout\""));
         assert!(conf.contains("password: \"$2b$10$abc\""));
         assert!(conf.contains("\"gw.*.deliver\""));

@@ -9,6 +9,8 @@ use chat_platform::nats_security::{self, Role, UserEntry};
 
 struct Logins {
     passwords: HashMap<Role, String>,
+    /// The auth callout's account seed (the auth service signs with it).
+    callout_seed: String,
     config: String,
 }
 
@@ -25,9 +27,12 @@ fn logins() -> &'static Logins {
             users.push(UserEntry { role, bcrypt_hash });
             passwords.insert(role, pw);
         }
+        let (callout_seed, issuer) =
+            nats_security::new_callout_key().unwrap_or_else(|e| panic!("test callout key: {e}"));
         Logins {
             passwords,
-            config: nats_security::render_authorization(&users),
+            config: nats_security::render_authorization(&users, Some(&issuer)),
+            callout_seed,
         }
     })
 }
@@ -50,13 +55,21 @@ pub fn password(role: Role) -> &'static str {
 /// (`CHAT_<SVC>_NATS_USER` / `_PASSWORD`).
 pub fn service_env(role: Role) -> Vec<(String, String)> {
     let svc = role.user().to_ascii_uppercase();
-    vec![
+    let mut env = vec![
         (format!("CHAT_{svc}_NATS_USER"), role.user().to_string()),
         (
             format!("CHAT_{svc}_NATS_PASSWORD"),
             password(role).to_string(),
         ),
-    ]
+    ];
+    // Auth also answers the server's callout for service accounts.
+    if role == Role::Auth {
+        env.push((
+            "CHAT_AUTH_NATS_CALLOUT_SEED".into(),
+            logins().callout_seed.clone(),
+        ));
+    }
+    env
 }
 
 /// [`service_env`] of every service role (for the all-in-one).

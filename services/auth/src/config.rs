@@ -66,6 +66,11 @@ pub struct Config {
     pub dev_login: bool,
     /// OpenID Connect sign-in; `None` unless `CHAT_AUTH_OIDC_ISSUER` is set.
     pub oidc: Option<crate::oidc::OidcConfig>,
+    /// `CHAT_AUTH_NATS_CALLOUT_SEED_FILE` / `CHAT_AUTH_NATS_CALLOUT_SEED`:
+    /// the account nkey seed the NATS auth callout answers are signed with
+    /// (the server config's callout `issuer` is its public key). Unset: no
+    /// callout (service accounts cannot connect to NATS).
+    pub nats_callout_seed: Option<chat_platform::Secret>,
     /// Rate limits (`CHAT_AUTH_RATE_IP_PER_MIN` 30,
     /// `CHAT_AUTH_RATE_ACCOUNT_PER_MIN` 10, `CHAT_AUTH_TRUSTED_PROXIES`
     /// loopback).
@@ -218,6 +223,10 @@ impl Config {
             dev_login,
             oidc,
             rates: rates(&s)?,
+            nats_callout_seed: match s.password_file("CHAT_AUTH_NATS_CALLOUT_SEED_FILE")? {
+                Some(seed) => Some(seed),
+                None => s.secret("CHAT_AUTH_NATS_CALLOUT_SEED"),
+            },
         })
     }
 }

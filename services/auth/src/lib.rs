@@ -9,6 +9,7 @@ mod config;
 mod error;
 mod keyfile;
 mod limits;
+mod nats_callout;
 pub mod oidc;
 mod revocations;
 mod routes;
@@ -107,6 +108,7 @@ async fn serve_api(
     .context("loading the signing key")??;
     key_ready.store(true, Ordering::Release);
 
+    let nats_client = nats.clone();
     let js = async_nats::jetstream::new(nats);
     let settings = StreamSettings {
         manage: config.common.manage_nats,
@@ -152,6 +154,23 @@ async fn serve_api(
         tracing::info!(issuer = %cfg.issuer, redirect_uri = %cfg.redirect_uri, "OpenID Connect sign-in enabled");
         state = state.with_oidc(oidc::Oidc::new(cfg).context("OpenID Connect client")?);
     }
+    let callout = match &config.nats_callout_seed {
+        Some(seed) => {
+            let verifier = chat_jwt::Verifier::with_jwks(
+                &state.signer.jwks(),
+                state.signer.issuer(),
+                state.signer.audience(),
+                chat_jwt::DEFAULT_LEEWAY,
+            );
+            let c =
+                nats_callout::Callout::new(seed.expose(), verifier).map_err(anyhow::Error::msg)?;
+            tracing::info!("answering the NATS auth callout for service accounts");
+            Some(tokio::spawn(
+                Arc::new(c).serve(nats_client.clone(), shutdown.clone()),
+            ))
+        }
+        None => None,
+    };
     let limits = state.limits.clone();
     let sweeper = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -167,6 +186,13 @@ async fn serve_api(
     tracing::info!(addr = ?public.local_addr().ok(), "auth service listening");
     let served = serve(public, app, shutdown, &config.http).await;
     sweeper.abort();
+    if let Some(c) = callout {
+        match c.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "auth callout"),
+            Err(e) => tracing::warn!(error = %e, "auth callout task"),
+            Ok(Ok(())) => {}
+        }
+    }
     served.context("serving HTTP")?;
     Ok(())
 }

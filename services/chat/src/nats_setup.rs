@@ -2,7 +2,8 @@
 //! deployment. Writes one random password per role (`<dir>/<role>.password`,
 //! mode 0600, kept when it exists) and the nats-server `authorization`
 //! block with their bcrypt hashes (`<dir>/authorization.conf`), rendered
-//! from the permission table in `chat_platform::nats_security`.
+//! from the permission table in `chat_platform::nats_security`, with the
+//! auth callout's account key (`<dir>/callout.seed`, for the auth service).
 
 use std::io::Write as _;
 use std::path::Path;
@@ -30,8 +31,23 @@ pub fn run(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
             bcrypt_hash: nats_security::hash_password(&password)?,
         });
     }
+    // The auth callout's account key: auth signs with the seed, the
+    // server trusts its public key.
+    let seed_file = dir.join("callout.seed");
+    let seed = match std::fs::read_to_string(&seed_file) {
+        Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
+        _ => {
+            let (seed, _) = nats_security::new_callout_key()?;
+            write_private(&seed_file, &seed)?;
+            seed
+        }
+    };
+    let issuer = nats_security::callout_public_key(&seed)?;
     let conf = dir.join("authorization.conf");
-    write_private(&conf, &nats_security::render_authorization(&users))?;
+    write_private(
+        &conf,
+        &nats_security::render_authorization(&users, Some(&issuer)),
+    )?;
     Ok(conf)
 }
 
