@@ -78,6 +78,19 @@ ensure_openssl() {
     || { $sudo apt-get update -qq >&2 && $sudo apt-get install -y -qq --no-install-recommends openssl >&2; }
 }
 
+# strace (Debian package) for the test that checks every TCP socket sets
+# TCP_NODELAY.
+ensure_strace() {
+  command -v strace >/dev/null && return 0
+  echo "installing strace (apt-get) for the TCP_NODELAY check" >&2
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  command -v apt-get >/dev/null || { echo "apt-get is needed to install strace" >&2; return 1; }
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -qq --no-install-recommends strace >&2 \
+    || { $sudo apt-get update -qq >&2 && $sudo apt-get install -y -qq --no-install-recommends strace >&2; }
+}
+
 # Node.js (Debian nodejs + npm when missing) and the npm packages of the
 # test OpenID provider (e2e/oidc: oidc-provider, pinned by its lock file).
 ensure_oidc_provider() {

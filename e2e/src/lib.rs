@@ -80,6 +80,12 @@ fn base_options(nats_url: &str, data: &Path, extra: &[(&str, &str)]) -> Vec<(Str
     opts
 }
 
+/// The options of a harness system on NATS at `nats_url` with its data in
+/// `data` (for tests that start the `chat` binary themselves).
+pub fn base_env(nats_url: &str, data: &Path) -> Vec<(String, String)> {
+    base_options(nats_url, data, &[])
+}
+
 /// The whole system in this process.
 pub struct System {
     /// The NATS server the harness started (none when given a cluster).
