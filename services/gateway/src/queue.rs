@@ -78,6 +78,22 @@ impl<T> Sender<T> {
     }
 }
 
+impl<T> Sender<T> {
+    /// Appends `item` only while the queue is at most half full: for hints
+    /// (heads) that must never take the room real work needs. False when
+    /// it was not queued.
+    pub fn try_send_hint(&self, item: T) -> bool {
+        let mut st = self.0.lock();
+        if st.closed || st.items.len() >= self.0.depth / 2 {
+            return false;
+        }
+        st.items.push_back(item);
+        drop(st);
+        self.0.ready.notify_one();
+        true
+    }
+}
+
 impl<T> Receiver<T> {
     /// The next item, without waiting.
     pub fn try_recv(&mut self) -> Option<T> {
@@ -142,6 +158,18 @@ mod tests {
             assert_eq!(rx.try_recv(), Some(i));
         }
         assert_eq!(tx.0.lock().items.capacity(), 0);
+    }
+
+    #[test]
+    fn hints_never_fill_more_than_half_the_queue() {
+        let (tx, mut rx) = bounded::<u32>(4);
+        assert!(tx.try_send_hint(1));
+        assert!(tx.try_send_hint(2));
+        assert!(!tx.try_send_hint(3), "a hint took the second half");
+        assert_eq!(tx.try_send(3), Ok(()));
+        assert_eq!(tx.try_send(4), Ok(()), "real work still fits");
+        assert_eq!(rx.try_recv(), Some(1));
+        assert!(!tx.try_send_hint(5));
     }
 
     #[test]
