@@ -65,43 +65,38 @@ ensure_load_balancers() {
     || { $sudo apt-get update -qq >&2 && $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2; }
 }
 
+# Installs Debian packages with apt-get (sudo when not root), refreshing
+# the package lists once if the first attempt fails. $1 says what for.
+apt_install() {
+  local why="$1"; shift
+  echo "installing $* (apt-get) $why" >&2
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  command -v apt-get >/dev/null || { echo "apt-get is needed to install $*" >&2; return 1; }
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -qq --no-install-recommends "$@" >&2 \
+    || { $sudo apt-get update -qq >&2 && $sudo apt-get install -y -qq --no-install-recommends "$@" >&2; }
+}
+
 # openssl (Debian package) for the test that reads the signing key file the
 # way operators do.
 ensure_openssl() {
   command -v openssl >/dev/null && return 0
-  echo "installing openssl (apt-get) for the key-file test" >&2
-  local sudo=""
-  [ "$(id -u)" = 0 ] || sudo="sudo"
-  command -v apt-get >/dev/null || { echo "apt-get is needed to install openssl" >&2; return 1; }
-  export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get install -y -qq --no-install-recommends openssl >&2 \
-    || { $sudo apt-get update -qq >&2 && $sudo apt-get install -y -qq --no-install-recommends openssl >&2; }
+  apt_install "for the key-file test" openssl
 }
 
 # strace (Debian package) for the test that checks every TCP socket sets
 # TCP_NODELAY.
 ensure_strace() {
   command -v strace >/dev/null && return 0
-  echo "installing strace (apt-get) for the TCP_NODELAY check" >&2
-  local sudo=""
-  [ "$(id -u)" = 0 ] || sudo="sudo"
-  command -v apt-get >/dev/null || { echo "apt-get is needed to install strace" >&2; return 1; }
-  export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get install -y -qq --no-install-recommends strace >&2 \
-    || { $sudo apt-get update -qq >&2 && $sudo apt-get install -y -qq --no-install-recommends strace >&2; }
+  apt_install "for the TCP_NODELAY check" strace
 }
 
 # Node.js (Debian nodejs + npm when missing) and the npm packages of the
 # test OpenID provider (e2e/oidc: oidc-provider, pinned by its lock file).
 ensure_oidc_provider() {
   if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-    echo "installing nodejs and npm (apt-get) for the OpenID provider tests" >&2
-    local sudo=""
-    [ "$(id -u)" = 0 ] || sudo="sudo"
-    command -v apt-get >/dev/null || { echo "apt-get is needed to install nodejs" >&2; return 1; }
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get install -y -qq --no-install-recommends nodejs npm >&2 \
-      || { $sudo apt-get update -qq >&2 && $sudo apt-get install -y -qq --no-install-recommends nodejs npm >&2; }
+    apt_install "for the OpenID provider tests" nodejs npm
   fi
   if [ ! -d "$ROOT/e2e/oidc/node_modules/oidc-provider" ]; then
     echo "installing the test OpenID provider (npm ci in e2e/oidc)" >&2

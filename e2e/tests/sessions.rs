@@ -313,3 +313,75 @@ async fn revocation_closes_the_sessions_sockets_on_every_gateway() {
     closed_within_a_second(&mut a, t0, 4010).await;
     closed_within_a_second(&mut b, t0, 4010).await;
 }
+
+#[tokio::test]
+async fn hostile_auth_frames_and_token_requests_get_clear_errors_and_change_nothing() {
+    let sys = System::start().await.expect("system");
+    let login = sys.login("mallory").await.expect("login");
+    let (mut ws, _) = WsClient::connect_as(&sys.ws_url(), &login.token)
+        .await
+        .expect("connect");
+    for (frame, code) in [
+        (json!({"type": "auth", "id": "a1", "token": 5}), "malformed"),
+        (json!({"type": "auth", "id": "a2"}), "malformed"),
+        (
+            json!({"type": "auth", "id": "a3", "token": "x".repeat(5000)}),
+            "unauthorized",
+        ),
+        (
+            json!({"type": "auth", "id": "a4", "token": login.refresh_token}),
+            "unauthorized",
+        ),
+    ] {
+        ws.send_json(&frame).await.expect("send");
+        let e = ws.recv_type("error").await.expect("error");
+        assert_eq!(e["code"], code, "{frame} → {e}");
+    }
+    ws.send_json(&json!({"type": "ping", "id": "p"}))
+        .await
+        .expect("ping");
+    assert_eq!(
+        ws.recv_type("pong").await.expect("pong")["id"],
+        "p",
+        "the session lives on"
+    );
+
+    for (body, status, code) in [
+        (
+            json!({"grant_type": "password", "username": "a"}),
+            400,
+            "bad_request",
+        ),
+        (json!({"grant_type": 7}), 400, "bad_request"),
+        (
+            json!({"grant_type": "refresh_token", "refresh_token": "crt_nope"}),
+            400,
+            "invalid_grant",
+        ),
+        (
+            json!({"grant_type": "refresh_token", "refresh_token": "x".repeat(3000)}),
+            400,
+            "invalid_grant",
+        ),
+        (
+            json!({"grant_type": "refresh_token", "refresh_token": "y".repeat(5000)}),
+            400,
+            "bad_request",
+        ),
+        (
+            json!({"grant_type": "client_credentials"}),
+            401,
+            "invalid_client",
+        ),
+    ] {
+        let (s, b) = post(&sys, "/auth/token", body.clone(), None).await;
+        assert_eq!(
+            (s, &b["error"]["code"]),
+            (status, &json!(code)),
+            "{body} → {b}"
+        );
+    }
+    // Nothing of that touched the real session.
+    let (s, _) = refresh(&sys, &login.refresh_token).await;
+    assert_eq!(s, 200);
+}
