@@ -4,7 +4,11 @@
 //! system uses exists: accepted HTTP and WebSocket sockets, the NATS
 //! clients, the forward to auth, the JWKS fetch), and every TCP socket that
 //! carried traffic must have had `TCP_NODELAY` set before it was closed
-//! (or the process stopped). Listening sockets are exempt.
+//! (or the process stopped). A socket carried traffic when it was accepted
+//! or its connect succeeded (at once, or `SO_ERROR` 0 after `EINPROGRESS`):
+//! listening sockets and connects that were refused or abandoned while a
+//! peer starts never carry a byte, and the HTTP client sets the option only
+//! on a connected stream.
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
@@ -16,8 +20,9 @@ use chat_testkit::{NatsServer, WsClient};
 #[derive(Debug, Default, Clone)]
 struct Fd {
     tcp: bool,
-    listening: bool,
     nodelay: bool,
+    /// Accepted, or its connect succeeded.
+    connected: bool,
     /// The syscall that made it a connected TCP socket.
     origin: String,
 }
@@ -77,14 +82,19 @@ fn without_nodelay(trace: &str) -> Vec<String> {
                     fd,
                     Fd {
                         tcp: true,
+                        connected: true,
                         origin: line.to_string(),
                         ..Fd::default()
                     },
                 );
             }
-        } else if line.starts_with("listen(") {
+        } else if line.starts_with("connect(") {
             if let Some(f) = first_arg(line).and_then(|fd| fds.get_mut(&fd)) {
-                f.listening = true;
+                f.connected |= line.ends_with(") = 0");
+            }
+        } else if line.starts_with("getsockopt(") && line.contains("SO_ERROR") {
+            if let Some(f) = first_arg(line).and_then(|fd| fds.get_mut(&fd)) {
+                f.connected |= line.contains("SO_ERROR, [0]");
             }
         } else if line.starts_with("setsockopt(")
             && line.contains("TCP_NODELAY")
@@ -97,7 +107,7 @@ fn without_nodelay(trace: &str) -> Vec<String> {
             && let Some(fd) = first_arg(line)
             && let Some(f) = fds.remove(&fd)
             && f.tcp
-            && !f.listening
+            && f.connected
             && !f.nodelay
         {
             bad.push(f.origin);
@@ -105,7 +115,7 @@ fn without_nodelay(trace: &str) -> Vec<String> {
     }
     bad.extend(
         fds.into_values()
-            .filter(|f| f.tcp && !f.listening && !f.nodelay)
+            .filter(|f| f.tcp && f.connected && !f.nodelay)
             .map(|f| f.origin),
     );
     bad
@@ -126,13 +136,33 @@ fn the_trace_reader_finds_a_socket_without_nodelay() {
 12345 setsockopt(11, SOL_TCP, TCP_NODELAY, [1], 4) = 0
 12345 close(11) = 0
 12345 socket(AF_INET, SOCK_STREAM|SOCK_CLOEXEC, IPPROTO_TCP) = 12
+12345 connect(12, {sa_family=AF_INET, sin_port=htons(4222)}, 16) = 0
 12345 setsockopt(12, SOL_TCP, TCP_NODELAY, [0], 4) = 0
+13  socket(AF_INET, SOCK_STREAM|SOCK_CLOEXEC, IPPROTO_TCP) = 13
+13  connect(13, {sa_family=AF_INET, sin_port=htons(1)}, 16) = -1 EINPROGRESS (Operation now in progress)
+13  getsockopt(13, SOL_SOCKET, SO_ERROR, [ECONNREFUSED], [4]) = 0
+13  close(13) = 0
+13  socket(AF_INET, SOCK_STREAM|SOCK_CLOEXEC, IPPROTO_TCP) = 14
+13  connect(14, {sa_family=AF_INET, sin_port=htons(1)}, 16) = -1 ECONNREFUSED (Connection refused)
+13  close(14) = 0
+13  socket(AF_INET, SOCK_STREAM|SOCK_CLOEXEC, IPPROTO_TCP) = 15
+13  connect(15, {sa_family=AF_INET, sin_port=htons(2)}, 16) = -1 EINPROGRESS (Operation now in progress)
+13  getsockopt(15, SOL_SOCKET, SO_ERROR, [0], [4]) = 0
+13  close(15) = 0
 ";
     let bad = without_nodelay(trace);
-    assert_eq!(bad.len(), 2, "{bad:?}");
+    assert_eq!(
+        bad.len(),
+        3,
+        "refused connects are exempt, a connected one is not: {bad:?}"
+    );
     assert!(bad[0].contains("5001"), "{bad:?}");
     assert!(
-        bad[1].contains("= 12"),
+        bad[1].contains("= 15"),
+        "a connected socket closed without nodelay: {bad:?}"
+    );
+    assert!(
+        bad[2].contains("= 12"),
         "nodelay switched off is not on: {bad:?}"
     );
 }
@@ -151,7 +181,7 @@ async fn every_tcp_socket_of_the_system_sets_nodelay() {
         "-f",
         "-qq",
         "-e",
-        "trace=socket,accept,accept4,listen,setsockopt,close",
+        "trace=socket,connect,accept,accept4,getsockopt,setsockopt,close",
         "-o",
     ])
     .arg(&trace)
@@ -162,12 +192,28 @@ async fn every_tcp_socket_of_the_system_sets_nodelay() {
     let mut child = cmd
         .env("CHAT_GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("strace the chat binary");
+    // `chat` prints its URL once every service is ready (the gateway's own
+    // `/readyz` says nothing of history's).
+    let (up_tx, up_rx) = std::sync::mpsc::channel();
+    if let Some(out) = child.stdout.take() {
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if line.starts_with("chat: open ") {
+                    let _told = up_tx.send(());
+                }
+            }
+        });
+    }
     let base = format!("http://127.0.0.1:{port}");
-    let ready = chat_e2e::wait_ready(&base).await;
+    let ready = tokio::task::spawn_blocking(move || up_rx.recv_timeout(Duration::from_secs(60)))
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r.map_err(|_| anyhow::anyhow!("chat did not print its URL within 60 s")));
     let traffic = async {
         ready?;
         let login = chat_e2e::login(&base, "nagle").await?;

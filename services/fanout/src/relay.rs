@@ -67,49 +67,32 @@ async fn relay(fanout: &Fanout, payload: &[u8]) {
 }
 
 /// When `joiner` joins a room of `members`: the online members learn that
-/// the joiner is online, and the joiner learns which members are online, so
-/// both sides start with the right presence without waiting for a change.
+/// the joiner is online, without waiting for a change. (The joining session
+/// learns who is online from its gateway, which asks
+/// `svc.fanout.presence.snapshot` after the join: this instance may not yet
+/// know where a user who has just connected is, and then it also leaves the
+/// others to the joiner's own `online` change, relayed to the co-members
+/// history has by then.)
 pub fn presence_on_join(
     fanout: &Fanout,
     members: &BTreeSet<UserId>,
     joiner: &UserId,
 ) -> Vec<(chat_core::GatewayId, chat_core::events::Delivery)> {
-    let online_frame = |user: &UserId| {
-        serde_json::to_string(&ServerFrame::Presence {
-            user: user.clone(),
-            status: chat_core::events::PresenceStatus::Online,
-        })
-        .ok()
-    };
-    let mut out = Vec::new();
     if !fanout.view.is_online(joiner) {
-        return out;
+        return Vec::new();
     }
     if members.len() > fanout.presence_max_room {
         metrics::counter!("chat_fanout_presence_large_rooms_skipped_total").increment(1);
-        return out;
+        return Vec::new();
     }
     let others: BTreeSet<UserId> = members.iter().filter(|m| *m != joiner).cloned().collect();
-    if let Some(frame) = online_frame(joiner) {
-        out.extend(plan::deliveries(
-            &fanout.view,
-            &others,
-            &frame,
-            &Context::presence(),
-        ));
-    }
-    let just_joiner: BTreeSet<UserId> = [joiner.clone()].into();
-    for m in others.iter().filter(|m| fanout.view.is_online(m)) {
-        if let Some(frame) = online_frame(m) {
-            out.extend(plan::deliveries(
-                &fanout.view,
-                &just_joiner,
-                &frame,
-                &Context::presence(),
-            ));
-        }
-    }
-    out
+    let Ok(frame) = serde_json::to_string(&ServerFrame::Presence {
+        user: joiner.clone(),
+        status: chat_core::events::PresenceStatus::Online,
+    }) else {
+        return Vec::new();
+    };
+    plan::deliveries(&fanout.view, &others, &frame, &Context::presence())
 }
 
 /// Members of every room of `user` with at most `presence_max_room`

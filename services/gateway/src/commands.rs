@@ -29,6 +29,8 @@ pub struct Answer {
     /// A valid `auth` renewed the session: its new `sid`, expiry and
     /// scopes.
     pub renewed: Option<(Option<String>, u64, crate::scopes::Scopes)>,
+    /// A join succeeded: the session is then told who in the room is online.
+    pub joined: Option<RoomId>,
 }
 
 impl From<ServerFrame> for Answer {
@@ -37,6 +39,7 @@ impl From<ServerFrame> for Answer {
             frame,
             positions: Vec::new(),
             renewed: None,
+            joined: None,
         }
     }
 }
@@ -146,6 +149,7 @@ async fn reauth(
             exp: claims.exp,
         },
         positions: Vec::new(),
+        joined: None,
         renewed: Some((
             claims.session,
             claims.exp,
@@ -287,6 +291,7 @@ async fn create(
     Ok(Answer {
         positions: position(&reply.room.id, reply.seq),
         renewed: None,
+        joined: None,
         frame: ServerFrame::RoomCreated {
             id,
             room: reply.room,
@@ -331,6 +336,7 @@ async fn membership(
         MemberOp::Join => Answer {
             positions: position(&room, reply.seq),
             renewed: None,
+            joined: Some(room.clone()),
             frame: ServerFrame::RoomJoined {
                 id,
                 room: reply.room,
@@ -377,6 +383,7 @@ async fn rooms_list(
     Ok(Answer {
         positions: heads,
         renewed: None,
+        joined: None,
         frame: ServerFrame::Rooms { id, rooms, more },
     })
 }

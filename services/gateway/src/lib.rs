@@ -5,6 +5,7 @@
 //! service so a browser needs one origin.
 
 pub mod auth_proxy;
+pub mod co_presence;
 pub mod commands;
 pub mod config;
 pub mod error;

@@ -8,10 +8,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chat_core::names::svc as subjects;
-use chat_core::svc::{self, ErrorCode};
+use chat_core::UserId;
+use chat_core::svc::ErrorCode;
 use chat_core::wire::{ServerFrame, close};
-use chat_core::{SCHEMA_VERSION, UserId};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
@@ -194,7 +193,7 @@ pub async fn run(st: AppState, socket: Socket, _slot: Option<OwnedSemaphorePermi
         }
         let (snapshot_tx, snapshot_rx) = oneshot::channel();
         start.presence = Some(snapshot_rx);
-        tokio::spawn(presence_snapshot(
+        tokio::spawn(crate::co_presence::snapshot(
             st.clone(),
             user.clone(),
             snapshot_rooms,
@@ -250,33 +249,6 @@ async fn refuse(mut sink: SplitSink<Socket, Message>, stream: SplitStream<Socket
     close_sink(&mut sink, r.code, &r.reason).await;
     if let Ok(mut socket) = stream.reunite(sink) {
         linger(&mut socket).await;
-    }
-}
-
-/// Asks fanout which co-members are online and hands the
-/// `presence.snapshot` frame to the writer (which waits only briefly).
-async fn presence_snapshot(
-    st: AppState,
-    user: UserId,
-    rooms: Vec<chat_core::RoomId>,
-    tx: oneshot::Sender<Utf8Bytes>,
-) {
-    let query = svc::PresenceSnapshotQuery {
-        v: SCHEMA_VERSION,
-        user,
-        rooms,
-    };
-    match st
-        .request::<_, svc::PresenceSnapshot>(subjects::FANOUT_PRESENCE_SNAPSHOT, &query)
-        .await
-    {
-        Ok(s) => {
-            let _taken = tx.send(encode(&ServerFrame::PresenceSnapshot {
-                online: s.online,
-                more: s.more,
-            }));
-        }
-        Err(e) => tracing::debug!(error = %e, "no presence snapshot"),
     }
 }
 
@@ -361,6 +333,14 @@ async fn read_loop(
         }
         if !handle.push(encode(&answer.frame)) {
             return;
+        }
+        if let Some(room) = answer.joined {
+            tokio::spawn(crate::co_presence::joined(
+                st.clone(),
+                user.clone(),
+                room,
+                handle.clone(),
+            ));
         }
     }
 }
