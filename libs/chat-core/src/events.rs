@@ -155,9 +155,34 @@ pub struct PresenceReport {
     pub v: u32,
     pub gw: GatewayId,
     pub op: PresenceOp,
-    /// The users concerned: one for connect/disconnect, all users currently
-    /// connected to the gateway for a heartbeat.
+    /// The users concerned: one for connect/disconnect; for a heartbeat, the
+    /// gateway's users of its `part` (all of them without one).
     pub users: Vec<UserId>,
+    /// The gateway's report number: larger for every later report of the
+    /// gateway (it starts from the gateway's start time in microseconds).
+    /// A heartbeat removes the entries of its part written by an earlier
+    /// report that it does not list (a lost disconnect). Absent: 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub n: u64,
+    /// A heartbeat's share of the users, `[i, k]`: those whose
+    /// [`presence_part`] of `k` is `i`. Absent: all users (`[0, 1]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<[u32; 2]>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Which of `parts` heartbeat parts `user` belongs to (FNV-1a of the id:
+/// gateways and presence must agree, whatever their build).
+pub fn presence_part(user: &UserId, parts: u32) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in user.as_str().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    u32::try_from(h % u64::from(parts.max(1))).unwrap_or(0)
 }
 
 /// Kind of presence report.
@@ -168,7 +193,8 @@ pub enum PresenceOp {
     Connect,
     /// Last connection of these users on this gateway closed.
     Disconnect,
-    /// Full list of users on this gateway; refreshes their expiry.
+    /// The gateway is alive (its lease is renewed), with its users (or a
+    /// part of them): missing entries are written, stale ones removed.
     Heartbeat,
 }
 
@@ -193,6 +219,33 @@ pub enum PresenceStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heartbeat_parts_are_a_fixed_function_of_the_user_id() {
+        let u = |s: &str| UserId::parse(s).unwrap_or_else(|e| panic!("{e}"));
+        // FNV-1a 64 of "a" is 0xaf63dc4c8601ec8c: gateways and presence of
+        // any build must agree on it.
+        assert_eq!(
+            presence_part(&u("a"), 1_000_003),
+            (0xaf63_dc4c_8601_ec8c_u64 % 1_000_003) as u32
+        );
+        assert_eq!(presence_part(&u("a"), 1), 0);
+        assert_eq!(presence_part(&u("a"), 0), 0, "no parts is one part");
+        let spread: std::collections::HashSet<u32> = (0..64)
+            .map(|i| presence_part(&u(&format!("u{i}")), 4))
+            .collect();
+        assert_eq!(spread.len(), 4, "64 users fill 4 parts");
+    }
+
+    #[test]
+    fn a_report_without_number_or_part_reads_as_number_0_and_all_users() {
+        let r: PresenceReport =
+            serde_json::from_str(r#"{"v":1,"gw":"g1","op":"heartbeat","users":["u1"]}"#)
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((r.n, r.part), (0, None));
+        let text = serde_json::to_string(&r).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!text.contains("\"n\"") && !text.contains("part"), "{text}");
+    }
 
     #[test]
     fn a_delivery_is_routed_by_its_kind_and_needs_that_kinds_fields() {

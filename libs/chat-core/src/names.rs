@@ -104,11 +104,17 @@ pub const PRESENCE_USER_ALL: &str = "presence.user.*";
 pub const REVOKED_BUCKET: &str = "chat_revoked";
 
 /// KV bucket: key `<user_id>.<gateway_id>` exists while that gateway holds
-/// at least one connection of that user; entries expire when heartbeats stop.
+/// at least one connection of that user (value `{"since": ms, "n": report
+/// number}`); entries do not expire by themselves: they go with their
+/// gateway's lease.
 pub const PRESENCE_BUCKET: &str = "chat_presence";
-/// Durable consumer (on the presence bucket's stream) that turns KV changes
-/// into `presence.user.*` events, shared by all presence instances.
-pub const PRESENCE_CHANGES_DURABLE: &str = "presence-changes";
+/// KV bucket of gateway leases: key `<gateway_id>`, renewed by the gateway's
+/// heartbeats, expiring after the presence TTL with a marker; an expired
+/// lease takes the gateway's entries in [`PRESENCE_BUCKET`] with it.
+pub const PRESENCE_LEASES_BUCKET: &str = "chat_presence_gateways";
+/// Durable consumer (on the leases bucket's stream) that turns an expired
+/// lease into its users' offline changes, shared by all presence instances.
+pub const PRESENCE_LEASES_DURABLE: &str = "presence-leases";
 
 /// Key of one (user, gateway) pair in [`PRESENCE_BUCKET`].
 pub fn presence_key(user: &UserId, gw: &GatewayId) -> String {

@@ -153,8 +153,15 @@ impl Role {
                     format!("$KV.{}.>", names::PRESENCE_BUCKET),
                 ];
                 p.extend(stream_setup(&kv));
-                p.extend(durable(&kv, names::PRESENCE_CHANGES_DURABLE));
                 p.extend(kv_watch);
+                // Gateway leases: renewed, read, and expired through a
+                // durable consumer.
+                let leases = format!("KV_{}", names::PRESENCE_LEASES_BUCKET);
+                p.push(format!("$KV.{}.>", names::PRESENCE_LEASES_BUCKET));
+                p.push(format!("$JS.API.DIRECT.GET.{leases}.>"));
+                p.push(format!("$JS.API.STREAM.MSG.GET.{leases}"));
+                p.extend(stream_setup(&leases));
+                p.extend(durable(&leases, names::PRESENCE_LEASES_DURABLE));
                 (
                     p,
                     vec![

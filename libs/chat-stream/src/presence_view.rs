@@ -1,28 +1,35 @@
 //! A live, in-memory view of the presence bucket: which gateways hold each
-//! user. Kept current by a KV watch; used by fanout (where to deliver) and
-//! presence (who is online).
+//! user, and which users each gateway holds. Kept current by a KV watch;
+//! used by fanout (where to deliver) and presence (who is online).
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
 
 use async_nats::jetstream::kv::{self, Operation};
 use chat_core::names;
 use chat_core::{GatewayId, UserId};
 use futures::StreamExt;
 
-/// How long the record of an expiry that took a user offline is kept for
-/// the one who handles that expiry marker (see [`PresenceView::take_expiry`]).
-const EXPIRY_RECORD_AGE: Duration = Duration::from_secs(60);
+/// One (user, gateway) entry: its KV revision (so a late, older update
+/// never undoes a newer one) and the report number that wrote it.
+#[derive(Clone, Copy)]
+struct Entry {
+    revision: u64,
+    n: u64,
+}
 
-/// user → gateways, with the KV revision of each (user, gateway) entry so a
-/// late, older update never undoes a newer one.
+#[derive(Default)]
+struct Maps {
+    /// user → gateways.
+    users: HashMap<UserId, HashMap<GatewayId, Entry>>,
+    /// gateway → users (for heartbeats and expired leases).
+    gateways: HashMap<GatewayId, HashSet<UserId>>,
+}
+
+/// user → gateways, and gateway → users.
 #[derive(Clone, Default)]
 pub struct PresenceView {
-    inner: Arc<RwLock<HashMap<UserId, HashMap<GatewayId, u64>>>>,
-    /// Revisions of expiry markers that took a user offline, whichever of
-    /// the watch or the marker's handler applied them first; oldest first.
-    expiries: Arc<Mutex<VecDeque<(u64, Instant)>>>,
+    inner: Arc<RwLock<Maps>>,
 }
 
 impl PresenceView {
@@ -30,95 +37,94 @@ impl PresenceView {
         Self::default()
     }
 
-    /// Applies one KV change. Returns true when the user's online state
-    /// flipped (none ↔ some gateways).
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Maps> {
+        match self.inner.read() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Applies one KV change of an entry written without a report number.
+    /// Returns true when the user's online state flipped.
     pub fn apply(&self, key: &str, revision: u64, op: Operation) -> bool {
+        self.apply_entry(key, revision, op, 0)
+    }
+
+    /// Applies one KV change; `n` is the report number a put carries.
+    /// Returns true when the user's online state flipped (none ↔ some
+    /// gateways).
+    pub fn apply_entry(&self, key: &str, revision: u64, op: Operation, n: u64) -> bool {
         let Some((user, gw)) = names::parse_presence_key(key) else {
             return false;
         };
-        let mut map = match self.inner.write() {
+        let mut guard = match self.inner.write() {
             Ok(m) => m,
             Err(p) => p.into_inner(),
         };
-        let gws = map.entry(user.clone()).or_default();
+        let maps = &mut *guard;
+        let gws = maps.users.entry(user.clone()).or_default();
         let was_online = !gws.is_empty();
         match op {
             Operation::Put => {
-                let newer = gws.get(&gw).is_none_or(|r| *r < revision);
-                if newer {
-                    gws.insert(gw, revision);
+                if gws.get(&gw).is_none_or(|e| e.revision < revision) {
+                    gws.insert(gw.clone(), Entry { revision, n });
+                    maps.gateways.entry(gw).or_default().insert(user.clone());
                 }
             }
             Operation::Delete | Operation::Purge => {
-                if gws.get(&gw).is_some_and(|r| *r <= revision) {
+                if gws.get(&gw).is_some_and(|e| e.revision <= revision) {
                     gws.remove(&gw);
+                    if let Some(users) = maps.gateways.get_mut(&gw) {
+                        users.remove(&user);
+                        if users.is_empty() {
+                            maps.gateways.remove(&gw);
+                        }
+                    }
                 }
             }
         }
         let online = !gws.is_empty();
         if !online {
-            map.remove(&user);
+            maps.users.remove(&user);
         }
-        drop(map);
-        let flipped = was_online != online;
-        if flipped && matches!(op, Operation::Purge) {
-            self.record_expiry(revision);
-        }
-        flipped
+        was_online != online
     }
 
-    fn record_expiry(&self, revision: u64) {
-        let mut e = match self.expiries.lock() {
-            Ok(e) => e,
-            Err(p) => p.into_inner(),
+    /// The users `gw` holds, each with the report number of its entry.
+    pub fn entries_of(&self, gw: &GatewayId) -> Vec<(UserId, u64)> {
+        let maps = self.read();
+        let Some(users) = maps.gateways.get(gw) else {
+            return Vec::new();
         };
-        let now = Instant::now();
-        while e
-            .front()
-            .is_some_and(|(_, at)| now.saturating_duration_since(*at) > EXPIRY_RECORD_AGE)
-        {
-            e.pop_front();
-        }
-        e.push_back((revision, now));
+        users
+            .iter()
+            .filter_map(|u| {
+                let e = maps.users.get(u)?.get(gw)?;
+                Some((u.clone(), e.n))
+            })
+            .collect()
     }
 
-    /// Whether the expiry marker at `revision` took its user offline when
-    /// it was applied (by the watch or by [`PresenceView::apply`] directly),
-    /// once: the record is taken. An expiry marker also follows a delete
-    /// whose tombstone aged out; that one removed nothing live, so it is
-    /// not an offline transition.
-    pub fn take_expiry(&self, revision: u64) -> bool {
-        let mut e = match self.expiries.lock() {
-            Ok(e) => e,
-            Err(p) => p.into_inner(),
-        };
-        match e.iter().position(|(r, _)| *r == revision) {
-            Some(i) => {
-                e.remove(i);
-                true
-            }
-            None => false,
-        }
+    /// Whether `gw` holds `user`.
+    pub fn holds(&self, gw: &GatewayId, user: &UserId) -> bool {
+        self.read()
+            .users
+            .get(user)
+            .is_some_and(|g| g.contains_key(gw))
     }
 
     /// Gateways currently holding `user`.
     pub fn gateways_of(&self, user: &UserId) -> Vec<GatewayId> {
-        let map = match self.inner.read() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
-        map.get(user)
+        self.read()
+            .users
+            .get(user)
             .map(|g| g.keys().cloned().collect())
             .unwrap_or_default()
     }
 
     /// Whether `user` is connected to any gateway.
     pub fn is_online(&self, user: &UserId) -> bool {
-        let map = match self.inner.read() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
-        map.contains_key(user)
+        self.read().users.contains_key(user)
     }
 
     /// Users of `users` that are online.
@@ -132,10 +138,8 @@ impl PresenceView {
 
     /// Distinct gateways of several users, each with its users.
     pub fn group_by_gateway(&self, users: &[UserId]) -> HashMap<GatewayId, Vec<UserId>> {
-        let map = match self.inner.read() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
+        let maps = self.read();
+        let map = &maps.users;
         let mut out: HashMap<GatewayId, Vec<UserId>> = HashMap::new();
         let mut seen = HashSet::new();
         for u in users {
@@ -173,7 +177,7 @@ impl PresenceView {
         while let Some(entry) = watch.next().await {
             match entry {
                 Ok(e) => {
-                    self.apply(&e.key, e.revision, e.operation);
+                    self.apply_entry(&e.key, e.revision, e.operation, report_number(&e.value));
                     if e.delta == 0
                         && let Some(r) = ready.take()
                     {
@@ -185,6 +189,17 @@ impl PresenceView {
         }
         Ok(())
     }
+}
+
+/// The report number in an entry's value (`{"since": …, "n": …}`); 0 when
+/// it has none (entries written before report numbers, or a delete).
+fn report_number(value: &[u8]) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct Value {
+        #[serde(default)]
+        n: u64,
+    }
+    serde_json::from_slice::<Value>(value).map_or(0, |v| v.n)
 }
 
 /// How long to wait before re-opening a watch that ended.
@@ -236,18 +251,24 @@ mod tests {
     }
 
     #[test]
-    fn only_an_expiry_that_removes_a_live_entry_is_a_recorded_offline() {
+    fn a_gateway_lists_its_users_with_their_report_numbers() {
         let v = PresenceView::new();
-        v.apply("carol.g1", 1, Operation::Put);
-        v.apply("carol.g1", 2, Operation::Delete);
-        // The tombstone aged out: a marker for an entry that is not live.
-        v.apply("carol.g1", 3, Operation::Purge);
-        assert!(!v.take_expiry(3));
-        v.apply("dave.g1", 4, Operation::Put);
-        v.apply("dave.g1", 5, Operation::Purge);
-        v.apply("dave.g1", 5, Operation::Purge);
-        assert!(v.take_expiry(5), "dave's live entry expired");
-        assert!(!v.take_expiry(5), "taken once");
+        v.apply_entry("carol.g1", 1, Operation::Put, 7);
+        v.apply_entry("dave.g1", 2, Operation::Put, 9);
+        v.apply_entry("dave.g2", 3, Operation::Put, 4);
+        let g1 = GatewayId::parse("g1").unwrap_or_else(|e| panic!("{e}"));
+        let mut on_g1 = v.entries_of(&g1);
+        on_g1.sort();
+        let id = |s: &str| UserId::parse(s).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(on_g1, vec![(id("carol"), 7), (id("dave"), 9)]);
+        v.apply("carol.g1", 4, Operation::Delete);
+        assert_eq!(v.entries_of(&g1), vec![(id("dave"), 9)]);
+        assert!(v.holds(&g1, &id("dave")) && !v.holds(&g1, &id("carol")));
+        v.apply("dave.g1", 5, Operation::Delete);
+        assert!(v.entries_of(&g1).is_empty());
+        assert!(v.is_online(&id("dave")), "still on g2");
+        assert_eq!(report_number(br#"{"since":1,"n":12}"#), 12);
+        assert_eq!(report_number(br#"{"since":1}"#), 0);
     }
 
     #[test]

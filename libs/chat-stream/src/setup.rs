@@ -141,18 +141,41 @@ pub async fn durable_consumer(
     }
 }
 
-/// Creates (or finds) the presence bucket: entries live `ttl` unless
-/// refreshed, and their expiry leaves a marker watchers see as a purge.
+/// Creates (or finds) the presence bucket: (user, gateway) entries, kept
+/// until deleted (they go with their gateway's lease). A bucket made by an
+/// earlier version, whose entries expired after the TTL, is updated to keep
+/// them (when managing NATS).
 pub async fn presence_bucket(
     js: &jetstream::Context,
     s: &StreamSettings,
-    ttl: Duration,
 ) -> Result<kv::Store, SetupError> {
     let err = |reason: String| SetupError::Bucket {
         name: names::PRESENCE_BUCKET.into(),
         reason,
     };
     if let Ok(store) = js.get_key_value(names::PRESENCE_BUCKET).await {
+        if s.manage {
+            let mut info = js
+                .get_stream(format!("KV_{}", names::PRESENCE_BUCKET))
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            let config = info
+                .info()
+                .await
+                .map_err(|e| err(e.to_string()))?
+                .config
+                .clone();
+            if config.max_age != Duration::ZERO {
+                let kept = stream::Config {
+                    max_age: Duration::ZERO,
+                    subject_delete_marker_ttl: None,
+                    ..config
+                };
+                js.update_stream(kept)
+                    .await
+                    .map_err(|e| err(e.to_string()))?;
+            }
+        }
         return Ok(store);
     }
     if !s.manage {
@@ -160,7 +183,38 @@ pub async fn presence_bucket(
     }
     let config = kv::Config {
         bucket: names::PRESENCE_BUCKET.to_string(),
-        description: "user.gateway -> connections; expires without heartbeats".into(),
+        description: "user.gateway -> {since, n}; removed with the gateway's lease".into(),
+        history: 1,
+        storage: stream::StorageType::File,
+        num_replicas: s.replicas,
+        ..Default::default()
+    };
+    retrying("presence bucket", || js.create_key_value(config.clone()))
+        .await
+        .map_err(|e| err(e.to_string()))
+}
+
+/// Creates (or finds) the bucket of gateway leases: a lease lives `ttl`
+/// unless a heartbeat renews it, and its expiry leaves a marker the
+/// presence service's durable consumer sees.
+pub async fn presence_leases_bucket(
+    js: &jetstream::Context,
+    s: &StreamSettings,
+    ttl: Duration,
+) -> Result<kv::Store, SetupError> {
+    let err = |reason: String| SetupError::Bucket {
+        name: names::PRESENCE_LEASES_BUCKET.into(),
+        reason,
+    };
+    if let Ok(store) = js.get_key_value(names::PRESENCE_LEASES_BUCKET).await {
+        return Ok(store);
+    }
+    if !s.manage {
+        return Err(err("not found and CHAT_MANAGE_NATS=false".into()));
+    }
+    let config = kv::Config {
+        bucket: names::PRESENCE_LEASES_BUCKET.to_string(),
+        description: "gateway -> lease; expires without heartbeats".into(),
         history: 1,
         max_age: ttl,
         storage: stream::StorageType::File,
@@ -168,9 +222,11 @@ pub async fn presence_bucket(
         limit_markers: Some(ttl.max(Duration::from_secs(1))),
         ..Default::default()
     };
-    retrying("presence bucket", || js.create_key_value(config.clone()))
-        .await
-        .map_err(|e| err(e.to_string()))
+    retrying("presence leases bucket", || {
+        js.create_key_value(config.clone())
+    })
+    .await
+    .map_err(|e| err(e.to_string()))
 }
 
 /// The bucket of revoked sessions (auth writes it): created if missing,

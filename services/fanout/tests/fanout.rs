@@ -81,7 +81,7 @@ async fn spawn_app_with(extra: &[(&str, &str)]) -> App {
     let js = jetstream::new(client.clone());
     let settings = StreamSettings::default();
     // The presence service owns the bucket; fanout waits for it to exist.
-    let presence = setup::presence_bucket(&js, &settings, Duration::from_secs(60))
+    let presence = setup::presence_bucket(&js, &settings)
         .await
         .expect("presence bucket");
     let stream = setup::room_stream(&js, &settings)

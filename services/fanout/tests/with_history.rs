@@ -58,7 +58,7 @@ async fn events_of_a_room_made_through_history_reach_its_online_members() {
     let nats = NatsServer::start().await.expect("nats-server");
     let client = nats.admin_client().await.expect("connect");
     let js = jetstream::new(client.clone());
-    let presence = setup::presence_bucket(&js, &StreamSettings::default(), Duration::from_secs(60))
+    let presence = setup::presence_bucket(&js, &StreamSettings::default())
         .await
         .expect("presence bucket");
     for (user, gw) in [("alice", "g1"), ("bob", "g2")] {

@@ -1,11 +1,13 @@
-//! Expiry of entries whose gateway stopped heartbeating: a durable pull
-//! consumer on the bucket's stream, shared by all presence instances so each
-//! expiry marker is turned into an Offline change exactly once.
+//! Expiry of gateways that stopped heartbeating: a durable pull consumer on
+//! the leases bucket's stream, shared by all presence instances, so each
+//! expired lease takes its gateway's entries (and announces their users
+//! offline) exactly once.
 
 use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::PullConsumer;
+use chat_core::GatewayId;
 use chat_platform::Shutdown;
 use futures::StreamExt;
 use tracing::instrument;
@@ -21,9 +23,8 @@ const PULL_EXPIRES: Duration = Duration::from_secs(5);
 /// Pause after a failed pull, so a broken connection is not spun on.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
-/// Processes the bucket's changes until shutdown. Puts and deletes are acked
-/// at once (the watch-fed view already has them); markers become Offline
-/// changes.
+/// Processes the leases bucket's changes until shutdown. Renewals are acked
+/// at once; markers take their gateway's entries.
 pub async fn serve(
     presence: Presence,
     consumer: PullConsumer,
@@ -38,7 +39,7 @@ pub async fn serve(
         let mut batch = match batch {
             Ok(b) => b,
             Err(e) => {
-                tracing::warn!(error = %e, "pulling presence changes failed");
+                tracing::warn!(error = %e, "pulling lease changes failed");
                 pause(&shutdown).await;
                 continue;
             }
@@ -52,19 +53,19 @@ pub async fn serve(
             let msg = match msg {
                 Ok(m) => m,
                 Err(e) => {
-                    tracing::warn!(error = %e, "presence change pull error");
+                    tracing::warn!(error = %e, "lease change pull error");
                     continue;
                 }
             };
             let ack = handle(&presence, &msg, &key_prefix).await;
             if let Err(e) = msg.ack_with(ack).await {
-                tracing::warn!(error = %e, "acking presence change failed");
+                tracing::warn!(error = %e, "acking lease change failed");
             }
         }
     }
 }
 
-/// `$KV.chat_presence.<user>.<gw>`: handles one bucket change and says how
+/// `$KV.chat_presence_gateways.<gw>`: handles one lease change and says how
 /// to acknowledge it.
 #[instrument(skip_all, fields(subject = %msg.subject))]
 async fn handle(
@@ -79,22 +80,23 @@ async fn handle(
     if !is_marker {
         return AckKind::Ack;
     }
-    let Some(key) = msg.subject.as_str().strip_prefix(prefix) else {
+    let Some(gw) = msg
+        .subject
+        .as_str()
+        .strip_prefix(prefix)
+        .and_then(|k| GatewayId::parse(k).ok())
+    else {
         return AckKind::Ack;
     };
-    let revision = match msg.info() {
-        Ok(info) => info.stream_sequence,
-        Err(e) => {
-            tracing::warn!(error = %e, "presence marker without metadata");
-            return AckKind::Term;
+    match presence.lease_expired(&gw).await {
+        Ok(removed) => {
+            metrics::counter!("chat_presence_leases_expired_total").increment(1);
+            tracing::info!(%gw, removed, "gateway lease expired");
+            AckKind::Ack
         }
-    };
-    metrics::counter!("chat_presence_expired_total").increment(1);
-    match presence.expired(key, revision).await {
-        Ok(_) => AckKind::Ack,
         Err(e) => {
             metrics::counter!("chat_presence_errors_total").increment(1);
-            tracing::warn!(error = %e, key, "expiry not applied; will retry");
+            tracing::warn!(error = %e, %gw, "expired lease not applied; will retry");
             AckKind::Nak(Some(RETRY_PAUSE))
         }
     }

@@ -1,7 +1,8 @@
 //! The presence service: who is online where. Gateways report connects,
 //! disconnects and heartbeats on `presence.in.<gw>`; entries of the
-//! `chat_presence` KV bucket (`<user>.<gw>`) live while heartbeats refresh
-//! them; online/offline flips are published on `presence.user.<user>`; and
+//! `chat_presence` KV bucket (`<user>.<gw>`) live while their gateway's
+//! lease in `chat_presence_gateways` (renewed by its heartbeats) does;
+//! online/offline flips are published on `presence.user.<user>`; and
 //! `svc.presence.query` answers who of some users is online.
 
 mod config;
@@ -30,7 +31,8 @@ use state::Presence;
 
 /// How long the first NATS connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Ack wait of the expiry consumer: handling a marker is one publish.
+/// Ack wait of the expiry consumer: handling a marker deletes the gateway's
+/// entries.
 const EXPIRY_ACK_WAIT: Duration = Duration::from_secs(30);
 /// Unacked bucket changes one presence fleet may hold at once.
 const EXPIRY_MAX_ACK_PENDING: i64 = 10_000;
@@ -48,20 +50,23 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
         replicas: config.common.stream_replicas,
         dedup_window: config.common.dedup_window,
     };
-    let store = setup::presence_bucket(&js, &settings, config.ttl)
+    let store = setup::presence_bucket(&js, &settings)
         .await
         .context("presence: bucket")?;
-    let key_prefix = store.prefix.clone();
+    let leases = setup::presence_leases_bucket(&js, &settings, config.ttl)
+        .await
+        .context("presence: leases bucket")?;
+    let key_prefix = leases.prefix.clone();
     let consumer = setup::durable_consumer(
-        &store.stream,
-        names::PRESENCE_CHANGES_DURABLE,
+        &leases.stream,
+        names::PRESENCE_LEASES_DURABLE,
         &format!("{key_prefix}>"),
         EXPIRY_ACK_WAIT,
         EXPIRY_MAX_ACK_PENDING,
         settings.manage,
     )
     .await
-    .context("presence: expiry consumer")?;
+    .context("presence: lease expiry consumer")?;
 
     let readiness = Readiness::new(Some(client.clone()));
     let view_ready = readiness.flag("presence view");
@@ -82,7 +87,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
     }
     tracing::info!(ttl_ms = config.ttl.as_millis(), "presence view ready");
 
-    let presence = Presence::new(client.clone(), js, store, view);
+    let presence = Presence::new(client.clone(), js, (store, leases), view, config.ttl);
     let reports_sub = client
         .queue_subscribe(names::PRESENCE_IN_ALL, names::queue::PRESENCE.into())
         .await

@@ -5,13 +5,9 @@ use std::collections::HashSet;
 
 use chat_core::events::{PresenceOp, PresenceReport};
 use chat_platform::Shutdown;
-use futures::StreamExt;
 use tracing::instrument;
 
 use crate::state::Presence;
-
-/// How many users of one heartbeat are refreshed concurrently.
-const HEARTBEAT_CONCURRENCY: usize = 32;
 
 /// Serves reports until shutdown, then drains the subscription so reports
 /// already received are still applied.
@@ -44,31 +40,27 @@ async fn handle(presence: &Presence, payload: &[u8]) {
     };
     metrics::counter!("chat_presence_reports_total", "op" => op).increment(1);
     let mut seen = HashSet::new();
-    let users: Vec<_> = report.users.iter().filter(|u| seen.insert(*u)).collect();
-    let gw = &report.gw;
-    // Futures are built up front (not in a stream closure) so their borrows
-    // of `presence` and `gw` stay nameable for the spawned task.
-    let work: Vec<_> = users
-        .into_iter()
-        .map(|u| {
-            let presence = presence.clone();
-            let (user, gw, op) = (u.clone(), gw.clone(), report.op);
-            async move {
-                match op {
-                    PresenceOp::Connect | PresenceOp::Heartbeat => presence.touch(&user, &gw).await,
-                    PresenceOp::Disconnect => presence.remove(&user, &gw).await,
-                }
-            }
-        })
+    let users: Vec<_> = report
+        .users
+        .iter()
+        .filter(|u| seen.insert(*u))
+        .cloned()
         .collect();
-    let results: Vec<_> = futures::stream::iter(work)
-        .buffer_unordered(HEARTBEAT_CONCURRENCY)
-        .collect()
-        .await;
-    for r in results {
-        if let Err(e) = r {
-            metrics::counter!("chat_presence_errors_total").increment(1);
-            tracing::warn!(error = %e, "presence report not applied");
+    let gw = &report.gw;
+    let applied = match report.op {
+        PresenceOp::Connect => presence.connect(gw, &users, report.n).await,
+        PresenceOp::Disconnect => presence.disconnect(gw, &users).await,
+        PresenceOp::Heartbeat => {
+            let part = report.part.unwrap_or([0, 1]);
+            if part[1] == 0 || part[0] >= part[1] {
+                metrics::counter!("chat_presence_malformed_total").increment(1);
+                tracing::warn!(?part, "heartbeat part out of range");
+                return;
+            }
+            presence.heartbeat(gw, &users, report.n, part).await
         }
+    };
+    if let Err(e) = applied {
+        tracing::warn!(error = %e, "presence report not fully applied; the next heartbeat heals it");
     }
 }

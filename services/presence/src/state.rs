@@ -1,13 +1,21 @@
-//! The presence state machine: writes (user, gateway) entries to the bucket,
-//! keeps the local [`PresenceView`] in step, and publishes a
-//! `presence.user.<id>` change when a user's online state flips.
+//! The presence state machine: writes (user, gateway) entries to the bucket
+//! and renews gateway leases, keeps the local [`PresenceView`] in step, and
+//! publishes a `presence.user.<id>` change when a user's online state flips.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, kv};
-use chat_core::events::{PresenceChange, PresenceStatus};
+use chat_core::events::{PresenceChange, PresenceStatus, presence_part};
 use chat_core::names;
 use chat_core::{GatewayId, SCHEMA_VERSION, UserId};
 use chat_stream::PresenceView;
+use futures::StreamExt;
+
+/// How many entries of one report are written concurrently.
+const CONCURRENCY: usize = 32;
 
 /// Header JetStream KV uses to mark a delete (`KV-Operation: DEL`).
 const KV_OPERATION: &str = "KV-Operation";
@@ -24,27 +32,36 @@ pub enum PresenceError {
     Encode(#[from] serde_json::Error),
 }
 
-/// Shared handle on the bucket, the view and the NATS client.
+/// Shared handle on the buckets, the view and the NATS client.
 #[derive(Clone)]
 pub struct Presence {
     client: async_nats::Client,
     js: jetstream::Context,
     kv: kv::Store,
+    leases: kv::Store,
     view: PresenceView,
+    /// A connect renews its gateway's lease only when this instance has not
+    /// done so for a quarter of the TTL (heartbeats always renew it).
+    renew_every: Duration,
+    renewed: Arc<Mutex<HashMap<GatewayId, Instant>>>,
 }
 
 impl Presence {
     pub fn new(
         client: async_nats::Client,
         js: jetstream::Context,
-        kv: kv::Store,
+        (kv, leases): (kv::Store, kv::Store),
         view: PresenceView,
+        ttl: Duration,
     ) -> Self {
         Self {
             client,
             js,
             kv,
+            leases,
             view,
+            renew_every: ttl / 4,
+            renewed: Arc::default(),
         }
     }
 
@@ -53,15 +70,126 @@ impl Presence {
         &self.view
     }
 
-    /// Writes (or refreshes) `user`'s entry for `gw`; publishes Online when
-    /// the user had no gateway before. Used for connect and heartbeat alike,
-    /// so a heartbeat heals a lost connect.
-    pub async fn touch(&self, user: &UserId, gw: &GatewayId) -> Result<(), PresenceError> {
+    /// A connect: `users`' entries for `gw` under report number `n`, after
+    /// making sure the gateway has a lease (no entry outlives its gateway).
+    pub async fn connect(
+        &self,
+        gw: &GatewayId,
+        users: &[UserId],
+        n: u64,
+    ) -> Result<(), PresenceError> {
+        if !self.recently_renewed(gw) {
+            self.renew(gw).await?;
+        }
+        let puts: Vec<_> = users.iter().map(|u| self.touch(u, gw, n)).collect();
+        first_error(futures::stream::iter(puts).buffer_unordered(CONCURRENCY)).await
+    }
+
+    /// A disconnect: `users`' entries for `gw` go.
+    pub async fn disconnect(&self, gw: &GatewayId, users: &[UserId]) -> Result<(), PresenceError> {
+        let deletes: Vec<_> = users.iter().map(|u| self.remove(u, gw)).collect();
+        first_error(futures::stream::iter(deletes).buffer_unordered(CONCURRENCY)).await
+    }
+
+    /// A heartbeat (part `[i, k]` of report `n`): renews the lease, writes
+    /// the listed users the view does not have (a lost connect), and removes
+    /// this part's entries written before `n` that it does not list (a lost
+    /// disconnect). An idle gateway costs one lease write.
+    pub async fn heartbeat(
+        &self,
+        gw: &GatewayId,
+        users: &[UserId],
+        n: u64,
+        [i, k]: [u32; 2],
+    ) -> Result<(), PresenceError> {
+        self.renew(gw).await?;
+        let listed: HashSet<&UserId> = users.iter().collect();
+        let stale: Vec<UserId> = self
+            .view
+            .entries_of(gw)
+            .into_iter()
+            .filter(|(u, written)| *written < n && !listed.contains(u) && presence_part(u, k) == i)
+            .map(|(u, _)| u)
+            .collect();
+        // Built up front: a closure inside the stream would make the spawned
+        // task's future not `Send` for every lifetime.
+        let puts: Vec<_> = users
+            .iter()
+            .filter(|u| !self.view.holds(gw, u))
+            .map(|u| self.touch(u, gw, n))
+            .collect();
+        first_error(futures::stream::iter(puts).buffer_unordered(CONCURRENCY)).await?;
+        if !stale.is_empty() {
+            metrics::counter!("chat_presence_stale_entries_removed_total")
+                .increment(stale.len() as u64);
+        }
+        self.disconnect(gw, &stale).await
+    }
+
+    /// The lease of `gw` expired (marker at `revision`): unless a heartbeat
+    /// renewed it since, every entry of the gateway goes, and users with no
+    /// other gateway go offline. Returns how many entries went.
+    pub async fn lease_expired(&self, gw: &GatewayId) -> Result<usize, PresenceError> {
+        let key = gw.to_string();
+        let renewed = self
+            .leases
+            .get(&key)
+            .await
+            .map_err(|e| PresenceError::Write {
+                key: key.clone(),
+                reason: e.to_string(),
+            })?;
+        if renewed.is_some() {
+            return Ok(0);
+        }
+        self.renewed_map().remove(gw);
+        let users: Vec<UserId> = self
+            .view
+            .entries_of(gw)
+            .into_iter()
+            .map(|(u, _)| u)
+            .collect();
+        self.disconnect(gw, &users).await?;
+        Ok(users.len())
+    }
+
+    fn renewed_map(&self) -> std::sync::MutexGuard<'_, HashMap<GatewayId, Instant>> {
+        match self.renewed.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn recently_renewed(&self, gw: &GatewayId) -> bool {
+        self.renewed_map()
+            .get(gw)
+            .is_some_and(|at| at.elapsed() < self.renew_every)
+    }
+
+    /// Writes `gw`'s lease (it lives the TTL from now).
+    async fn renew(&self, gw: &GatewayId) -> Result<(), PresenceError> {
+        let key = gw.to_string();
+        let value = serde_json::to_vec(&serde_json::json!({ "at": chat_core::time::now_ms() }))?;
+        self.leases
+            .put(&key, value.into())
+            .await
+            .map_err(|e| PresenceError::Write {
+                key,
+                reason: e.to_string(),
+            })?;
+        self.renewed_map().insert(gw.clone(), Instant::now());
+        Ok(())
+    }
+
+    /// Writes `user`'s entry for `gw` under report number `n`; publishes
+    /// Online when the user had no gateway before.
+    async fn touch(&self, user: &UserId, gw: &GatewayId, n: u64) -> Result<(), PresenceError> {
         let key = names::presence_key(user, gw);
         // Read before writing: the KV watch may apply our own put before the
         // put's ack reaches us, so a flip reported by `apply` is unreliable.
         let was_online = self.view.is_online(user);
-        let value = serde_json::to_vec(&serde_json::json!({ "since": chat_core::time::now_ms() }))?;
+        let value =
+            serde_json::to_vec(&serde_json::json!({ "since": chat_core::time::now_ms(), "n": n }))?;
         let revision = self
             .kv
             .put(&key, value.into())
@@ -70,7 +198,7 @@ impl Presence {
                 key: key.clone(),
                 reason: e.to_string(),
             })?;
-        self.view.apply(&key, revision, kv::Operation::Put);
+        self.view.apply_entry(&key, revision, kv::Operation::Put, n);
         if !was_online {
             self.publish(user, PresenceStatus::Online).await?;
         }
@@ -79,7 +207,7 @@ impl Presence {
 
     /// Deletes `user`'s entry for `gw`; publishes Offline when that was the
     /// user's last gateway.
-    pub async fn remove(&self, user: &UserId, gw: &GatewayId) -> Result<(), PresenceError> {
+    async fn remove(&self, user: &UserId, gw: &GatewayId) -> Result<(), PresenceError> {
         let key = names::presence_key(user, gw);
         let was_online = self.view.is_online(user);
         let revision = self.delete(&key).await?;
@@ -88,26 +216,6 @@ impl Presence {
             self.publish(user, PresenceStatus::Offline).await?;
         }
         Ok(())
-    }
-
-    /// Applies an expiry marker for `key` at stream sequence `revision`;
-    /// publishes Offline when it removed the user's last live entry.
-    /// Returns whether it did.
-    pub async fn expired(&self, key: &str, revision: u64) -> Result<bool, PresenceError> {
-        let Some((user, _gw)) = names::parse_presence_key(key) else {
-            return Ok(false);
-        };
-        // The watch may already have applied this marker; the view records
-        // whether it took the user offline, whoever applied it first. A
-        // marker also follows a clean disconnect, when the delete's
-        // tombstone ages out: that one took nobody offline (the disconnect
-        // already said so), and announcing it again was a second offline.
-        self.view.apply(key, revision, kv::Operation::Purge);
-        if !self.view.take_expiry(revision) || self.view.is_online(&user) {
-            return Ok(false);
-        }
-        self.publish(&user, PresenceStatus::Offline).await?;
-        Ok(true)
     }
 
     /// `kv.delete`, but returning the delete's revision so the view can
@@ -157,4 +265,20 @@ impl Presence {
         tracing::debug!(user = %user, status = label, "presence changed");
         Ok(())
     }
+}
+
+/// Runs every write, returning the first error (the others still run).
+async fn first_error(
+    writes: impl futures::Stream<Item = Result<(), PresenceError>>,
+) -> Result<(), PresenceError> {
+    let results: Vec<_> = writes.collect().await;
+    let mut first = None;
+    for r in results {
+        if let Err(e) = r {
+            metrics::counter!("chat_presence_errors_total").increment(1);
+            tracing::warn!(error = %e, "presence write failed");
+            first.get_or_insert(e);
+        }
+    }
+    first.map_or(Ok(()), Err)
 }

@@ -1,128 +1,18 @@
 //! The presence service against a real nats-server: entries, online/offline
-//! changes, heartbeats, expiry of a silent gateway, queries and shutdown.
+//! changes, heartbeats (leases, healing, parts), expiry of a silent
+//! gateway's lease, queries and shutdown.
 
-use std::net::SocketAddr;
+mod common;
+
 use std::time::Duration;
 
-use chat_core::events::{PresenceChange, PresenceOp, PresenceReport, PresenceStatus};
+use chat_core::SCHEMA_VERSION;
+use chat_core::events::{PresenceOp, PresenceReport, PresenceStatus};
 use chat_core::names;
-use chat_core::svc::{PresenceQuery, PresenceQueryReply, Reply};
-use chat_core::{GatewayId, SCHEMA_VERSION, UserId};
-use chat_platform::Shutdown;
-use chat_platform::config::MapSource;
-use chat_testkit::{NatsServer, eventually, within};
-use futures::StreamExt;
+use chat_core::svc::{PresenceQueryReply, Reply};
+use chat_testkit::eventually;
+use common::{WAIT, gw, query, spawn_app, user};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-struct App {
-    _nats: NatsServer,
-    client: async_nats::Client,
-    changes: async_nats::Subscriber,
-    shutdown: Shutdown,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    addr: SocketAddr,
-}
-
-fn user(s: &str) -> UserId {
-    UserId::parse(s).expect("valid user id")
-}
-
-fn gw(s: &str) -> GatewayId {
-    GatewayId::parse(s).expect("valid gateway id")
-}
-
-async fn spawn_app(ttl_ms: u64) -> App {
-    chat_platform::telemetry::init_for_tests();
-    let nats = NatsServer::start().await.expect("nats-server starts");
-    let src = MapSource::new()
-        .with("CHAT_NATS_URL", nats.url())
-        .with_all(chat_testkit::service_env(chat_testkit::Role::Presence))
-        .with("CHAT_PRESENCE_TTL_MS", ttl_ms.to_string());
-    let config = chat_presence::Config::from_source(&src).expect("valid config");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("local addr");
-    let shutdown = Shutdown::new();
-    let task = tokio::spawn(chat_presence::run(config, listener, shutdown.clone()));
-    let client = nats.admin_client().await.expect("connect");
-    let changes = client
-        .subscribe(names::PRESENCE_USER_ALL)
-        .await
-        .expect("subscribe changes");
-    // Queries are subscribed after reports: once one is answered, reports
-    // published from now on are received.
-    eventually(WAIT, "presence to answer queries", || {
-        let client = client.clone();
-        async move { query(&client, &[]).await.ok() }
-    })
-    .await;
-    App {
-        _nats: nats,
-        client,
-        changes,
-        shutdown,
-        task,
-        addr,
-    }
-}
-
-async fn query(client: &async_nats::Client, users: &[UserId]) -> anyhow::Result<Vec<UserId>> {
-    let body = serde_json::to_vec(&PresenceQuery {
-        v: SCHEMA_VERSION,
-        users: users.to_vec(),
-    })?;
-    let msg = tokio::time::timeout(
-        Duration::from_millis(500),
-        client.request(names::svc::PRESENCE_QUERY, body.into()),
-    )
-    .await??;
-    let reply: Reply<PresenceQueryReply> = serde_json::from_slice(&msg.payload)?;
-    Ok(reply.into_result()?.online)
-}
-
-impl App {
-    async fn report(&self, g: &str, op: PresenceOp, users: &[&str]) {
-        let report = PresenceReport {
-            v: SCHEMA_VERSION,
-            gw: gw(g),
-            op,
-            users: users.iter().map(|u| user(u)).collect(),
-        };
-        let body = serde_json::to_vec(&report).expect("encode report");
-        self.client
-            .publish(names::presence_in(&gw(g)), body.into())
-            .await
-            .expect("publish report");
-    }
-
-    async fn next_change(&mut self) -> PresenceChange {
-        let msg = within(WAIT, "a presence change", self.changes.next())
-            .await
-            .expect("subscription open");
-        let change: PresenceChange =
-            serde_json::from_slice(&msg.payload).expect("valid presence change");
-        assert_eq!(msg.subject.as_str(), names::presence_user(&change.user));
-        change
-    }
-
-    async fn store(&self) -> async_nats::jetstream::kv::Store {
-        async_nats::jetstream::new(self.client.clone())
-            .get_key_value(names::PRESENCE_BUCKET)
-            .await
-            .expect("bucket exists")
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        within(WAIT, "presence to stop", self.task)
-            .await
-            .expect("task joins")
-            .expect("run returns Ok");
-    }
-}
 
 #[tokio::test]
 async fn a_connect_writes_an_entry_and_announces_the_user_online() {
@@ -246,6 +136,8 @@ async fn a_crashed_gateways_users_go_offline_but_users_elsewhere_stay_online() {
             gw: gw("g2"),
             op: PresenceOp::Heartbeat,
             users: vec![user("dave")],
+            n: 0,
+            part: None,
         })
         .expect("encode");
         loop {
@@ -319,22 +211,18 @@ async fn ops_endpoints_report_ready_and_shutdown_returns() {
 }
 
 #[tokio::test]
-async fn a_clean_disconnect_is_announced_offline_once_not_again_when_its_tombstone_ages_out() {
+async fn a_clean_disconnect_is_announced_offline_once_not_again_when_its_lease_expires() {
     let mut app = spawn_app(1000).await;
     app.report("g1", PresenceOp::Connect, &["carol"]).await;
     assert_eq!(app.next_change().await.status, PresenceStatus::Online);
     app.report("g1", PresenceOp::Disconnect, &["carol"]).await;
     assert_eq!(app.next_change().await.status, PresenceStatus::Offline);
-    // The delete leaves a tombstone that ages out after the TTL and gets a
-    // limit marker, as an expired entry does; it used to be announced as a
-    // second offline. Wait until the marker is there, then for a change
-    // that comes after it: dave's online, then offline by expiry.
-    let store = app.store().await;
-    let key = names::presence_key(&user("carol"), &gw("g1"));
-    eventually(WAIT, "carol's tombstone to age out into a marker", || {
-        let (store, key) = (store.clone(), key.clone());
+    // g1 sends nothing more: its lease expires, and takes nobody with it.
+    let leases = app.leases().await;
+    eventually(WAIT, "g1's lease to expire into a marker", || {
+        let leases = leases.clone();
         async move {
-            let entry = store.entry(&key).await.ok().flatten()?;
+            let entry = leases.entry("g1").await.ok().flatten()?;
             (entry.operation == async_nats::jetstream::kv::Operation::Purge).then_some(())
         }
     })
@@ -350,7 +238,7 @@ async fn a_clean_disconnect_is_announced_offline_once_not_again_when_its_tombsto
     assert_eq!(
         (next.user, next.status),
         (user("dave"), PresenceStatus::Offline),
-        "dave's entry expired: one offline, from the marker of a live entry"
+        "g2's lease expired: dave's one offline"
     );
     app.stop().await;
 }
