@@ -200,6 +200,10 @@ impl System {
                 ("CHAT_GATEWAY_RATE_PER_SEC", "100000"),
                 ("CHAT_GATEWAY_RATE_BURST", "100000"),
                 ("CHAT_GATEWAY_MAX_CONNECTIONS", "19500"),
+                // Production presence timing (the test kit's 1 s heartbeat
+                // would multiply the idle cost by ten).
+                ("CHAT_GATEWAY_HEARTBEAT_MS", "10000"),
+                ("CHAT_PRESENCE_TTL_MS", "30000"),
                 // One bench user creates every room of a scenario.
                 ("CHAT_HISTORY_ROOMS_PER_HOUR", "1000000"),
                 ("CHAT_HISTORY_MAX_ROOMS_PER_USER", "1000000"),

@@ -338,6 +338,15 @@ pub async fn send(c: &mut WsClient, room: &str, cmid: &str, text: &str) -> anyho
         .await
 }
 
+/// Re-sends `cmid` marked as a retry (`"retry": true`) and returns the ack
+/// or error.
+pub async fn resend(c: &mut WsClient, room: &str, cmid: &str, text: &str) -> anyhow::Result<Value> {
+    c.send_json(&json!({"type": "send", "id": cmid, "room": room, "text": text, "retry": true}))
+        .await?;
+    c.recv_where(|v| (v["type"] == "ack" || v["type"] == "error") && v["id"] == cmid)
+        .await
+}
+
 /// Creates a room and returns its id.
 pub async fn create_room(c: &mut WsClient, name: &str) -> anyhow::Result<String> {
     c.send_json(&json!({"type": "room.create", "id": "create", "name": name}))

@@ -286,13 +286,16 @@ async fn a_retry_after_the_stream_dedup_window_is_still_one_message() {
     // waiting it out is the condition itself.
     tokio::time::sleep(window * 2).await;
 
-    let again = send(&mut a, &room, "late", "hello").await.expect("ack");
+    // A resend marked as a retry is looked up in the store.
+    let again = chat_e2e::resend(&mut a, &room, "late", "hello")
+        .await
+        .expect("ack");
     assert_eq!(
         (again["seq"].as_u64(), again["duplicate"].as_bool()),
         (Some(1), Some(true)),
         "{again}"
     );
-    let e = send(&mut a, &room, "late", "other text")
+    let e = chat_e2e::resend(&mut a, &room, "late", "other text")
         .await
         .expect("reply");
     assert_eq!(e["code"], "id_conflict", "{e}");

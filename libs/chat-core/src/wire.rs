@@ -51,11 +51,16 @@ pub enum ClientFrame {
         room: RoomId,
     },
     /// Sends a message; `id` is the client message id (idempotency key).
+    /// `retry` marks a resend of an id that may have been stored already:
+    /// only then is the store asked (beyond the stream's de-duplication
+    /// window).
     #[serde(rename = "send")]
     Send {
         id: ClientMsgId,
         room: RoomId,
         text: String,
+        #[serde(default)]
+        retry: bool,
     },
     /// Asks for a page of history.
     #[serde(rename = "history")]
@@ -294,7 +299,19 @@ mod tests {
         let f: ClientFrame =
             serde_json::from_str(r#"{"type":"send","id":"c1","room":"r1","text":"hi"}"#)
                 .unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(f, ClientFrame::Send { .. }));
+        assert!(matches!(f, ClientFrame::Send { retry: false, .. }));
+        let f: ClientFrame = serde_json::from_str(
+            r#"{"type":"send","id":"c1","room":"r1","text":"hi","retry":true}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(f, ClientFrame::Send { retry: true, .. }));
+        assert!(
+            serde_json::from_str::<ClientFrame>(
+                r#"{"type":"send","id":"c1","room":"r1","text":"hi","retry":"yes"}"#
+            )
+            .is_err(),
+            "retry is a boolean"
+        );
         let f: ClientFrame = serde_json::from_str(r#"{"type":"room.join","room":"r1"}"#)
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(f, ClientFrame::RoomJoin { id: None, .. }));

@@ -334,7 +334,7 @@ pub struct Common {
     pub stream_replicas: usize,
     /// `CHAT_STREAM_DEDUP_WINDOW_MS`: the room stream's publish
     /// de-duplication window (default 120000). Beyond it, the history store
-    /// keeps sends idempotent.
+    /// keeps sends marked `retry` idempotent.
     pub dedup_window: std::time::Duration,
     /// `CHAT_ROOM_TAIL_CACHE`: rooms whose last stream position a process
     /// that appends to rooms (gateway, history) keeps, to number the next

@@ -87,9 +87,12 @@ pub async fn handle(
         ClientFrame::Hello { .. } => Err(GatewayError::BadRequest("already authenticated".into())),
         ClientFrame::Ping { id } => Ok(ServerFrame::Pong { id }.into()),
         ClientFrame::Auth { id, token } => reauth(st, user, id, &token).await,
-        ClientFrame::Send { id, room, text } => {
-            send(st, user, id, room, text).await.map(Into::into)
-        }
+        ClientFrame::Send {
+            id,
+            room,
+            text,
+            retry,
+        } => send(st, user, id, room, text, retry).await.map(Into::into),
         ClientFrame::RoomCreate { id, name } => create(st, user, id, name).await,
         ClientFrame::RoomJoin { id, room } => membership(st, user, id, room, MemberOp::Join).await,
         ClientFrame::RoomLeave { id, room } => {
@@ -164,6 +167,7 @@ async fn send(
     id: ClientMsgId,
     room: RoomId,
     text: String,
+    retry: bool,
 ) -> Result<ServerFrame, GatewayError> {
     let max = st.config.limits.max_text_bytes;
     if text.len() > max {
@@ -179,9 +183,13 @@ async fn send(
         return Err(GatewayError::NotMember(room.to_string()));
     }
     // Beyond the stream's de-duplication window, the store remembers every
-    // (room, sender, client id): a late retry is answered from there.
-    if let Some(stored) = find_stored(st, user, &id, &room).await {
-        return duplicate_ack(user, id, room, &text, stored);
+    // (room, sender, client id): a late retry is answered from there. Only
+    // a send marked as a retry can be one, so only it pays for the lookup.
+    if retry {
+        metrics::counter!("chat_gateway_retry_lookups_total").increment(1);
+        if let Some(stored) = find_stored(st, user, &id, &room).await {
+            return duplicate_ack(user, id, room, &text, stored);
+        }
     }
     // Scoped by room and sender, so two users (or rooms) may reuse ids.
     let dedup = format!("{room}.{user}.{id}");

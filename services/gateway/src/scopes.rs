@@ -85,6 +85,7 @@ mod tests {
             id: chat_core::ClientMsgId::parse("c1").unwrap_or_else(|e| panic!("{e}")),
             room: room(r),
             text: "x".into(),
+            retry: false,
         }
     }
 
