@@ -4,6 +4,11 @@
 
 use chat_platform::config::EnvSource;
 
+/// mimalloc: no per-allocation header and per-thread free lists; glibc's
+/// malloc was an eighth of the gateway's CPU under load (docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
