@@ -178,20 +178,19 @@ pub async fn presence_bucket(
         }
         return Ok(store);
     }
-    if !s.manage {
-        return Err(err("not found and CHAT_MANAGE_NATS=false".into()));
-    }
-    let config = kv::Config {
-        bucket: names::PRESENCE_BUCKET.to_string(),
-        description: "user.gateway -> {since, n}; removed with the gateway's lease".into(),
-        history: 1,
-        storage: stream::StorageType::File,
-        num_replicas: s.replicas,
-        ..Default::default()
-    };
-    retrying("presence bucket", || js.create_key_value(config.clone()))
-        .await
-        .map_err(|e| err(e.to_string()))
+    find_or_create_bucket(
+        js,
+        s,
+        kv::Config {
+            bucket: names::PRESENCE_BUCKET.to_string(),
+            description: "user.gateway -> {since, n}; removed with the gateway's lease".into(),
+            history: 1,
+            storage: stream::StorageType::File,
+            num_replicas: s.replicas,
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 /// Creates (or finds) the bucket of gateway leases: a lease lives `ttl`
@@ -202,31 +201,44 @@ pub async fn presence_leases_bucket(
     s: &StreamSettings,
     ttl: Duration,
 ) -> Result<kv::Store, SetupError> {
+    find_or_create_bucket(
+        js,
+        s,
+        kv::Config {
+            bucket: names::PRESENCE_LEASES_BUCKET.to_string(),
+            description: "gateway -> lease; expires without heartbeats".into(),
+            history: 1,
+            max_age: ttl,
+            storage: stream::StorageType::File,
+            num_replicas: s.replicas,
+            limit_markers: Some(ttl.max(Duration::from_secs(1))),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// The bucket `config` names: found as it is, or created (when managing
+/// NATS).
+async fn find_or_create_bucket(
+    js: &jetstream::Context,
+    s: &StreamSettings,
+    config: kv::Config,
+) -> Result<kv::Store, SetupError> {
     let err = |reason: String| SetupError::Bucket {
-        name: names::PRESENCE_LEASES_BUCKET.into(),
+        name: config.bucket.clone(),
         reason,
     };
-    if let Ok(store) = js.get_key_value(names::PRESENCE_LEASES_BUCKET).await {
+    if let Ok(store) = js.get_key_value(config.bucket.as_str()).await {
         return Ok(store);
     }
     if !s.manage {
         return Err(err("not found and CHAT_MANAGE_NATS=false".into()));
     }
-    let config = kv::Config {
-        bucket: names::PRESENCE_LEASES_BUCKET.to_string(),
-        description: "gateway -> lease; expires without heartbeats".into(),
-        history: 1,
-        max_age: ttl,
-        storage: stream::StorageType::File,
-        num_replicas: s.replicas,
-        limit_markers: Some(ttl.max(Duration::from_secs(1))),
-        ..Default::default()
-    };
-    retrying("presence leases bucket", || {
-        js.create_key_value(config.clone())
-    })
-    .await
-    .map_err(|e| err(e.to_string()))
+    let what = format!("bucket {}", config.bucket);
+    retrying(&what, || js.create_key_value(config.clone()))
+        .await
+        .map_err(|e| err(e.to_string()))
 }
 
 /// The bucket of revoked sessions (auth writes it): created if missing,
@@ -236,27 +248,19 @@ pub async fn revoked_bucket(
     s: &StreamSettings,
     max_age: Duration,
 ) -> Result<kv::Store, SetupError> {
-    let err = |reason: String| SetupError::Bucket {
-        name: names::REVOKED_BUCKET.into(),
-        reason,
-    };
-    if let Ok(store) = js.get_key_value(names::REVOKED_BUCKET).await {
-        return Ok(store);
-    }
-    if !s.manage {
-        return Err(err("not found and CHAT_MANAGE_NATS=false".into()));
-    }
-    let config = kv::Config {
-        bucket: names::REVOKED_BUCKET.to_string(),
-        description: "revoked session id -> {user, at}; kept as long as an access token lives"
-            .into(),
-        history: 1,
-        max_age,
-        storage: stream::StorageType::File,
-        num_replicas: s.replicas,
-        ..Default::default()
-    };
-    retrying("revoked bucket", || js.create_key_value(config.clone()))
-        .await
-        .map_err(|e| err(e.to_string()))
+    find_or_create_bucket(
+        js,
+        s,
+        kv::Config {
+            bucket: names::REVOKED_BUCKET.to_string(),
+            description: "revoked session id -> {user, at}; kept as long as an access token lives"
+                .into(),
+            history: 1,
+            max_age,
+            storage: stream::StorageType::File,
+            num_replicas: s.replicas,
+            ..Default::default()
+        },
+    )
+    .await
 }
