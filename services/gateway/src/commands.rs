@@ -182,6 +182,14 @@ async fn send(
     if !st.registry.is_member(user, &room) {
         return Err(GatewayError::NotMember(room.to_string()));
     }
+    // Bounded work in flight: past the knee, shed at once rather than
+    // queue behind the stream (the client retries with the same id).
+    let Ok(_slot) = st.send_slots.try_acquire() else {
+        metrics::counter!("chat_gateway_sends_shed_total").increment(1);
+        return Err(GatewayError::Overloaded(
+            st.config.limits.max_sends_in_flight,
+        ));
+    };
     // Beyond the stream's de-duplication window, the store remembers every
     // (room, sender, client id): a late retry is answered from there. Only
     // a send marked as a retry can be one, so only it pays for the lookup.

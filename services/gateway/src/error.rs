@@ -24,6 +24,12 @@ pub enum GatewayError {
     Service(SvcError),
     #[error("a backend is unavailable, retry later: {0}")]
     Unavailable(String),
+    /// More sends in flight on this gateway than it takes: shed, nothing
+    /// stored.
+    #[error(
+        "this gateway is at its limit of {0} sends in flight; nothing was stored: retry with the same id shortly"
+    )]
+    Overloaded(usize),
     #[error("unexpected error: {0}")]
     Unexpected(#[from] anyhow::Error),
 }
@@ -39,7 +45,7 @@ impl GatewayError {
             GatewayError::TextTooLarge { .. } => ErrorCode::TooLarge,
             GatewayError::IdConflict(_) => ErrorCode::IdConflict,
             GatewayError::Service(e) => e.code,
-            GatewayError::Unavailable(_) => ErrorCode::Unavailable,
+            GatewayError::Unavailable(_) | GatewayError::Overloaded(_) => ErrorCode::Unavailable,
             GatewayError::Unexpected(_) => ErrorCode::Internal,
         }
     }

@@ -86,6 +86,9 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> an
         revocations: revocations.clone(),
         verifier: Arc::new(verifier),
         registry: registry::Registry::default(),
+        send_slots: Arc::new(tokio::sync::Semaphore::new(
+            config.limits.max_sends_in_flight,
+        )),
         presence: presence::PresenceReporter::new(nats.clone(), gw.clone()),
         sessions: TaskTracker::new(),
         origins,

@@ -42,6 +42,8 @@ pub struct State {
     pub log: RoomLog,
     pub verifier: Arc<chat_jwt::Verifier>,
     pub registry: Registry,
+    /// Sends being appended now, at most `max_sends_in_flight`.
+    pub send_slots: Arc<tokio::sync::Semaphore>,
     /// Revoked sign-in sessions (`revocation.rs`).
     pub revocations: Arc<crate::revocation::Revocations>,
     pub presence: PresenceReporter,

@@ -177,7 +177,12 @@ impl Presence {
                 key,
                 reason: e.to_string(),
             })?;
-        self.renewed_map().insert(gw.clone(), Instant::now());
+        let mut renewed = self.renewed_map();
+        // Forget gateways not renewed for a while (they stopped, and their
+        // ids are not reused): the map holds live gateways only.
+        let forget_after = self.renew_every * 8;
+        renewed.retain(|_, at| at.elapsed() < forget_after);
+        renewed.insert(gw.clone(), Instant::now());
         Ok(())
     }
 
