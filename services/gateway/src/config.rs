@@ -48,7 +48,7 @@ pub struct Limits {
     /// after a burst, so this bounds a busy session's write memory; 0
     /// writes every frame on its own.
     pub write_buffer_bytes: usize,
-    /// `CHAT_GATEWAY_MAX_SENDS_IN_FLIGHT` (512, at least 1): sends this
+    /// `CHAT_GATEWAY_MAX_SENDS_IN_FLIGHT` (1024, at least 1): sends this
     /// gateway appends at once; one more is refused at once with
     /// `unavailable` (nothing stored; retry with the same id), so past the
     /// knee the excess is shed early instead of queueing behind the stream.
@@ -172,7 +172,7 @@ impl Config {
             )?,
             read_buffer_bytes: s.at_least("CHAT_GATEWAY_READ_BUFFER_BYTES", 4096usize, 256)?,
             write_buffer_bytes: s.at_least("CHAT_GATEWAY_WRITE_BUFFER_BYTES", 8192usize, 0)?,
-            max_sends_in_flight: s.at_least("CHAT_GATEWAY_MAX_SENDS_IN_FLIGHT", 512usize, 1)?,
+            max_sends_in_flight: s.at_least("CHAT_GATEWAY_MAX_SENDS_IN_FLIGHT", 1024usize, 1)?,
         };
         if limits.max_text_bytes >= limits.max_frame_bytes {
             return Err(ConfigError::Invalid {
@@ -234,7 +234,7 @@ mod tests {
         assert_eq!(c.limits.max_frame_bytes, 65536);
         assert_eq!(c.limits.read_buffer_bytes, 4096);
         assert_eq!(c.limits.write_buffer_bytes, 8192);
-        assert_eq!(c.limits.max_sends_in_flight, 512);
+        assert_eq!(c.limits.max_sends_in_flight, 1024);
         assert!(c.allowed_origins.is_empty());
     }
 
