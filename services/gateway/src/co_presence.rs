@@ -58,13 +58,20 @@ pub async fn joined(st: AppState, user: UserId, room: RoomId, session: SessionHa
     let Some(s) = online(&st, user, vec![room]).await else {
         return;
     };
-    for member in s.online {
-        let frame = ServerFrame::Presence {
-            user: member,
-            status: chat_core::events::PresenceStatus::Online,
-        };
-        if !session.push(encode(&frame)) {
-            return;
-        }
+    if s.online.is_empty() {
+        return;
     }
+    let frames = s
+        .online
+        .into_iter()
+        .map(|member| {
+            encode(&ServerFrame::Presence {
+                user: member,
+                status: chat_core::events::PresenceStatus::Online,
+            })
+        })
+        .collect();
+    // One place in the queue for all of them (at most the snapshot's cut,
+    // `CHAT_FANOUT_PRESENCE_SNAPSHOT_MAX`).
+    let _queued = session.push_out(crate::registry::Out::Frames(frames));
 }

@@ -25,6 +25,10 @@ pub struct CloseReason {
 pub enum Out {
     /// Write this frame.
     Frame(Utf8Bytes),
+    /// Write these frames in order, taking one place in the queue (the
+    /// `online` frames after a join: a room of hundreds online must not
+    /// fill the queue and close the session as a slow consumer).
+    Frames(Vec<Utf8Bytes>),
     /// Write this message frame of `room` in sequence order (see
     /// [`crate::ordering`]).
     Msg {

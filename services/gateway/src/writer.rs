@@ -255,6 +255,12 @@ async fn handle(
 ) -> Result<(), Stop> {
     match out {
         Out::Frame(f) => send(sink, f).await,
+        Out::Frames(frames) => {
+            for f in frames {
+                send(sink, f).await?;
+            }
+            Ok(())
+        }
         Out::Positions(rooms) => {
             for (room, seq) in &rooms {
                 cursors.start(room, *seq);

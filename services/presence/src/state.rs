@@ -126,7 +126,7 @@ impl Presence {
         self.disconnect(gw, &stale).await
     }
 
-    /// The lease of `gw` expired (marker at `revision`): unless a heartbeat
+    /// The lease of `gw` expired (its marker was seen): unless a heartbeat
     /// renewed it since, every entry of the gateway goes, and users with no
     /// other gateway go offline. Returns how many entries went.
     pub async fn lease_expired(&self, gw: &GatewayId) -> Result<usize, PresenceError> {
