@@ -332,17 +332,27 @@ fn printed_port(stdout: &str) -> Option<u16> {
 
 /// Sends a message and returns its ack (skipping other frames).
 pub async fn send(c: &mut WsClient, room: &str, cmid: &str, text: &str) -> anyhow::Result<Value> {
-    c.send_json(&json!({"type": "send", "id": cmid, "room": room, "text": text}))
-        .await?;
-    c.recv_where(|v| (v["type"] == "ack" || v["type"] == "error") && v["id"] == cmid)
-        .await
+    send_frame(
+        c,
+        json!({"type": "send", "id": cmid, "room": room, "text": text}),
+    )
+    .await
 }
 
 /// Re-sends `cmid` marked as a retry (`"retry": true`) and returns the ack
 /// or error.
 pub async fn resend(c: &mut WsClient, room: &str, cmid: &str, text: &str) -> anyhow::Result<Value> {
-    c.send_json(&json!({"type": "send", "id": cmid, "room": room, "text": text, "retry": true}))
-        .await?;
+    send_frame(
+        c,
+        json!({"type": "send", "id": cmid, "room": room, "text": text, "retry": true}),
+    )
+    .await
+}
+
+/// Sends a `send` frame and returns the ack or error for its id.
+async fn send_frame(c: &mut WsClient, frame: Value) -> anyhow::Result<Value> {
+    let cmid = frame["id"].clone();
+    c.send_json(&frame).await?;
     c.recv_where(|v| (v["type"] == "ack" || v["type"] == "error") && v["id"] == cmid)
         .await
 }

@@ -286,7 +286,15 @@ async fn a_retry_after_the_stream_dedup_window_is_still_one_message() {
     // waiting it out is the condition itself.
     tokio::time::sleep(window * 2).await;
 
-    // A resend marked as a retry is looked up in the store.
+    // Unmarked sends never asked the store; a resend marked as a retry is
+    // looked up there.
+    assert_eq!(
+        sys.metric("chat_gateway_retry_lookups_total")
+            .await
+            .expect("metrics"),
+        0.0,
+        "a first send pays no lookup"
+    );
     let again = chat_e2e::resend(&mut a, &room, "late", "hello")
         .await
         .expect("ack");
@@ -301,4 +309,11 @@ async fn a_retry_after_the_stream_dedup_window_is_still_one_message() {
     assert_eq!(e["code"], "id_conflict", "{e}");
     let next = send(&mut a, &room, "new", "next").await.expect("ack");
     assert_eq!(next["seq"], 2, "no second copy was stored: {next}");
+    assert_eq!(
+        sys.metric("chat_gateway_retry_lookups_total")
+            .await
+            .expect("metrics"),
+        2.0,
+        "the two marked resends were looked up, the new send was not"
+    );
 }

@@ -91,6 +91,14 @@ async fn every_field_out_of_type_or_range_gets_its_error_and_nothing_is_stored()
             json!({"type": "send", "id": 7, "room": room, "text": "x"}),
             "malformed",
         ),
+        (
+            json!({"type": "send", "id": "s9", "room": room, "text": "x", "retry": "yes"}),
+            "malformed",
+        ),
+        (
+            json!({"type": "send", "id": "s10", "room": room, "text": "x", "retry": 1}),
+            "malformed",
+        ),
         // history
         (
             json!({"type": "history", "id": "h1", "room": room, "limit": 0}),
@@ -202,6 +210,10 @@ async fn a_room_you_cannot_see_is_not_member_whether_or_not_it_exists() {
             (
                 json!({"type": "send", "id": "s", "room": room, "text": "x"}),
                 "s",
+            ),
+            (
+                json!({"type": "send", "id": "r", "room": room, "text": "x", "retry": true}),
+                "r",
             ),
             (json!({"type": "history", "id": "h", "room": room}), "h"),
             (json!({"type": "room.leave", "id": "l", "room": room}), "l"),

@@ -90,27 +90,38 @@ impl PresenceView {
         was_online != online
     }
 
-    /// The users `gw` holds, each with the report number of its entry.
-    pub fn entries_of(&self, gw: &GatewayId) -> Vec<(UserId, u64)> {
+    /// Those of `users` that `gw` does not hold (one read lock for all).
+    pub fn missing_on(&self, gw: &GatewayId, users: &[UserId]) -> Vec<UserId> {
+        let maps = self.read();
+        let held = maps.gateways.get(gw);
+        users
+            .iter()
+            .filter(|u| !held.is_some_and(|h| h.contains(*u)))
+            .cloned()
+            .collect()
+    }
+
+    /// The users `gw` holds whose entry's report number and id pass `keep`
+    /// (one read lock; only the kept ones are copied).
+    pub fn users_of_where(
+        &self,
+        gw: &GatewayId,
+        keep: impl Fn(&UserId, u64) -> bool,
+    ) -> Vec<UserId> {
         let maps = self.read();
         let Some(users) = maps.gateways.get(gw) else {
             return Vec::new();
         };
         users
             .iter()
-            .filter_map(|u| {
-                let e = maps.users.get(u)?.get(gw)?;
-                Some((u.clone(), e.n))
+            .filter(|u| {
+                maps.users
+                    .get(*u)
+                    .and_then(|g| g.get(gw))
+                    .is_some_and(|e| keep(u, e.n))
             })
+            .cloned()
             .collect()
-    }
-
-    /// Whether `gw` holds `user`.
-    pub fn holds(&self, gw: &GatewayId, user: &UserId) -> bool {
-        self.read()
-            .users
-            .get(user)
-            .is_some_and(|g| g.contains_key(gw))
     }
 
     /// Gateways currently holding `user`.
@@ -257,15 +268,19 @@ mod tests {
         v.apply_entry("dave.g1", 2, Operation::Put, 9);
         v.apply_entry("dave.g2", 3, Operation::Put, 4);
         let g1 = GatewayId::parse("g1").unwrap_or_else(|e| panic!("{e}"));
-        let mut on_g1 = v.entries_of(&g1);
-        on_g1.sort();
         let id = |s: &str| UserId::parse(s).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(on_g1, vec![(id("carol"), 7), (id("dave"), 9)]);
+        let mut on_g1 = v.users_of_where(&g1, |_, _| true);
+        on_g1.sort();
+        assert_eq!(on_g1, vec![id("carol"), id("dave")]);
+        assert_eq!(v.users_of_where(&g1, |_, n| n < 9), vec![id("carol")]);
         v.apply("carol.g1", 4, Operation::Delete);
-        assert_eq!(v.entries_of(&g1), vec![(id("dave"), 9)]);
-        assert!(v.holds(&g1, &id("dave")) && !v.holds(&g1, &id("carol")));
+        assert_eq!(
+            v.missing_on(&g1, &[id("carol"), id("dave")]),
+            vec![id("carol")]
+        );
+        assert_eq!(v.users_of_where(&g1, |_, n| n < 9), Vec::<UserId>::new());
         v.apply("dave.g1", 5, Operation::Delete);
-        assert!(v.entries_of(&g1).is_empty());
+        assert!(v.users_of_where(&g1, |_, _| true).is_empty());
         assert!(v.is_online(&id("dave")), "still on g2");
         assert_eq!(report_number(br#"{"since":1,"n":12}"#), 12);
         assert_eq!(report_number(br#"{"since":1}"#), 0);

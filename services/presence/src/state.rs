@@ -104,20 +104,13 @@ impl Presence {
     ) -> Result<(), PresenceError> {
         self.renew(gw).await?;
         let listed: HashSet<&UserId> = users.iter().collect();
-        let stale: Vec<UserId> = self
-            .view
-            .entries_of(gw)
-            .into_iter()
-            .filter(|(u, written)| *written < n && !listed.contains(u) && presence_part(u, k) == i)
-            .map(|(u, _)| u)
-            .collect();
+        let stale = self.view.users_of_where(gw, |u, written| {
+            written < n && !listed.contains(u) && presence_part(u, k) == i
+        });
         // Built up front: a closure inside the stream would make the spawned
         // task's future not `Send` for every lifetime.
-        let puts: Vec<_> = users
-            .iter()
-            .filter(|u| !self.view.holds(gw, u))
-            .map(|u| self.touch(u, gw, n))
-            .collect();
+        let missing = self.view.missing_on(gw, users);
+        let puts: Vec<_> = missing.iter().map(|u| self.touch(u, gw, n)).collect();
         first_error(futures::stream::iter(puts).buffer_unordered(CONCURRENCY)).await?;
         if !stale.is_empty() {
             metrics::counter!("chat_presence_stale_entries_removed_total")
@@ -143,12 +136,7 @@ impl Presence {
             return Ok(0);
         }
         self.renewed_map().remove(gw);
-        let users: Vec<UserId> = self
-            .view
-            .entries_of(gw)
-            .into_iter()
-            .map(|(u, _)| u)
-            .collect();
+        let users = self.view.users_of_where(gw, |_, _| true);
         self.disconnect(gw, &users).await?;
         Ok(users.len())
     }
