@@ -79,6 +79,9 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         disabled INTEGER NOT NULL DEFAULT 0
     );",
+    // 6: no query reads events by time; the index cost a random page write
+    // per stored message.
+    "DROP INDEX IF EXISTS events_by_ts;",
 ];
 
 /// Applies every migration newer than the file's `user_version`.
