@@ -94,10 +94,14 @@ ensure_strace() {
 
 # Node.js (Debian nodejs + npm when missing) and the npm packages of the
 # test OpenID provider (e2e/oidc: oidc-provider, pinned by its lock file).
-ensure_oidc_provider() {
+ensure_node() {
   if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-    apt_install "for the OpenID provider tests" nodejs npm
+    apt_install "$1" nodejs npm
   fi
+}
+
+ensure_oidc_provider() {
+  ensure_node "for the OpenID provider tests"
   if [ ! -d "$ROOT/e2e/oidc/node_modules/oidc-provider" ]; then
     echo "installing the test OpenID provider (npm ci in e2e/oidc)" >&2
     npm ci --prefix "$ROOT/e2e/oidc" --no-audit --no-fund --loglevel=error >&2

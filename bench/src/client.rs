@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::socketio;
 use crate::stats::Stats;
 
 pub type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
@@ -39,9 +40,16 @@ pub fn source_addr(i: usize) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::new(127, 0, 0, host), 0))
 }
 
-/// Opens a WebSocket to `url` (ws://127.0.0.1:port/ws) from `src`, with
-/// small buffers (the load generator holds many of them), and says hello.
-pub async fn connect(url: &str, src: SocketAddr, token: &str) -> anyhow::Result<(Ws, Value)> {
+/// The protocol a client speaks: ours, or the socket.io peer's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Chat,
+    SocketIo,
+}
+
+/// Opens a WebSocket to `url` (ws://127.0.0.1:port/…) from `src`, with
+/// small buffers (the load generator holds many of them).
+pub async fn open(url: &str, src: SocketAddr) -> anyhow::Result<Ws> {
     let hostport = url
         .strip_prefix("ws://")
         .and_then(|r| r.split('/').next())
@@ -57,13 +65,20 @@ pub async fn connect(url: &str, src: SocketAddr, token: &str) -> anyhow::Result<
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(
+    let (ws, _) = tokio_tungstenite::client_async_with_config(
         url,
         MaybeTlsStream::Plain(stream),
         Some(config),
     )
     .await
     .context("websocket handshake")?;
+    Ok(ws)
+}
+
+/// Opens a WebSocket to a gateway (ws://127.0.0.1:port/ws) from `src` and
+/// says hello.
+pub async fn connect(url: &str, src: SocketAddr, token: &str) -> anyhow::Result<(Ws, Value)> {
+    let mut ws = open(url, src).await?;
     ws.send(Message::text(
         json!({"type": "hello", "v": 1, "token": token}).to_string(),
     ))
@@ -145,8 +160,10 @@ pub enum Cmd {
 
 /// Runs a connected client until `stop`: sends on command (the text carries
 /// the send time), records the ack latency of its own sends and the
-/// end-to-end latency of every message it reads, and pings when idle.
+/// end-to-end latency of every message it reads, and pings when idle (our
+/// protocol) or answers the server's pings (socket.io).
 pub async fn run(
+    proto: Proto,
     conn: usize,
     mut ws: Ws,
     mut cmds: mpsc::Receiver<Cmd>,
@@ -161,7 +178,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = ping.tick() => {
+            _ = ping.tick(), if proto == Proto::Chat => {
                 if ws.send(Message::text(r#"{"type":"ping"}"#)).await.is_err() {
                     break;
                 }
@@ -176,9 +193,17 @@ pub async fn run(
                 let t = now_us();
                 // The id carries the send time (for the ack); the text
                 // carries it for every recipient.
-                let frame = format!(
-                    r#"{{"type":"send","id":"c{conn}x{n}t{t}","room":"{room}","text":"t{t}"}}"#
-                );
+                let frame = match proto {
+                    Proto::Chat => format!(
+                        r#"{{"type":"send","id":"c{conn}x{n}t{t}","room":"{room}","text":"t{t}"}}"#
+                    ),
+                    Proto::SocketIo => socketio::send_packet(
+                        n,
+                        &format!("c{conn}x{n}t{t}"),
+                        &room,
+                        &format!("t{t}"),
+                    ),
+                };
                 if ws.send(Message::text(frame)).await.is_err() {
                     break;
                 }
@@ -186,7 +211,16 @@ pub async fn run(
             }
             m = ws.next() => {
                 match m {
-                    Some(Ok(Message::Text(t))) => on_frame(conn, &t, &stats),
+                    Some(Ok(Message::Text(t))) => match proto {
+                        Proto::Chat => on_frame(conn, &t, &stats),
+                        Proto::SocketIo => {
+                            if on_packet(conn, &t, &stats)
+                                && ws.send(Message::text("3")).await.is_err()
+                            {
+                                break;
+                            }
+                        }
+                    },
                     Some(Ok(Message::Close(frame))) => {
                         close = frame.map(|f| u16::from(f.code).to_string());
                         break;
@@ -234,6 +268,29 @@ fn on_frame(conn: usize, text: &str, stats: &Stats) {
         Some("error") => Stats::add(&stats.errors, 1),
         _ => {}
     }
+}
+
+/// One socket.io packet; true when it was a ping (to be answered).
+fn on_packet(conn: usize, text: &str, stats: &Stats) -> bool {
+    let now = now_us();
+    Stats::add(&stats.frames, 1);
+    match socketio::classify(text) {
+        socketio::Packet::Ping => return true,
+        socketio::Packet::Event(t) => {
+            Stats::add(&stats.delivered, 1);
+            if let Some(t) = sent_at(t) {
+                stats.e2e.record(conn, now.saturating_sub(t));
+            }
+        }
+        socketio::Packet::Ack(id) => {
+            Stats::add(&stats.acked, 1);
+            if let Some(t) = sent_at(id) {
+                stats.ack.record(conn, now.saturating_sub(t));
+            }
+        }
+        socketio::Packet::Other => {}
+    }
+    false
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ pub async fn run(f: &HashMap<String, String>) -> anyhow::Result<()> {
     if per_gateway > 19_000 {
         bail!("--per-gateway {per_gateway}: at most 19,000 (20,000 files per process)");
     }
-    let sys = System::start(gateways).await?;
+    let sys = System::start(gateways, 1).await?;
     let exe = std::env::current_exe().context("own executable")?;
     let started = Instant::now();
     let mut children = Vec::new();

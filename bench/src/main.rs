@@ -3,10 +3,12 @@
 //! itself and runs a suite. Figures are reported, never asserted.
 //!
 //! ```text
-//! chat-bench suite [--scale short|full] [--out DIR]
-//! chat-bench system [--gateways N]          # start a system, keep it up
+//! chat-bench suite [--scale short|full] [--peer socketio|none] [--out DIR]
+//! chat-bench system [--gateways N] [--instances N]  # start a system, keep it up
+//! chat-bench peer                           # start the socket.io peer
 //! chat-bench fleet [--gateways N] [--per-gateway C] [--hold S] [--out DIR]
-//! chat-bench run --scenario idle|dm|group|broadcast --ws URL[,URL…] --key-file PEM
+//! chat-bench run --scenario idle|dm|group|broadcast --ws URL[,URL…]
+//!                [--server chat|socketio] [--key-file PEM (chat)]
 //!                [--connections N] [--room-size N] [--rate MSG_PER_S]
 //!                [--warmup S] [--duration S] [--ramp FACTOR]
 //!                [--watch NAME=PID,…] [--issuer I] [--audience A] [--out DIR]
@@ -17,6 +19,7 @@ mod fleet;
 mod procs;
 mod report;
 mod scenario;
+mod socketio;
 mod stats;
 
 use std::collections::HashMap;
@@ -28,13 +31,15 @@ use chat_jwt::{KeyPair, Signer};
 
 use crate::procs::Watched;
 use crate::report::{Machine, Report};
-use crate::scenario::{Kind, Outcome, Params, Target};
+use crate::scenario::{Kind, Outcome, Params, Server, Target};
 
 const USAGE: &str = "usage:
-  chat-bench suite [--scale short|full] [--out DIR]
-  chat-bench system [--gateways N]
+  chat-bench suite [--scale short|full] [--peer socketio|none] [--out DIR]
+  chat-bench system [--gateways N] [--instances N]
+  chat-bench peer
   chat-bench fleet [--gateways N] [--per-gateway C] [--hold S] [--out DIR]
-  chat-bench run --scenario idle|dm|group|broadcast --ws URL[,URL...] --key-file PEM
+  chat-bench run --scenario idle|dm|group|broadcast --ws URL[,URL...]
+                 [--server chat|socketio] [--key-file PEM (chat)]
                  [--connections N] [--room-size N] [--rate MSG_PER_S] [--warmup S]
                  [--duration S] [--ramp FACTOR] [--watch NAME=PID,...]
                  [--issuer I] [--audience A] [--out DIR]";
@@ -100,8 +105,13 @@ async fn main() -> anyhow::Result<()> {
     let (outcomes, out_dir) = match cmd.as_str() {
         "suite" => {
             let scale: String = get(&f, "scale", "short".to_string())?;
+            let with_peer = match get(&f, "peer", "socketio".to_string())?.as_str() {
+                "socketio" => true,
+                "none" => false,
+                other => bail!("--peer {other}: socketio or none\n{USAGE}"),
+            };
             (
-                suite(&scale).await?,
+                suite(&scale, with_peer).await?,
                 get(&f, "out", PathBuf::from("bench/results"))?,
             )
         }
@@ -110,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
             get(&f, "out", PathBuf::from("bench/results"))?,
         ),
         "system" => return system(&f).await,
+        "peer" => return peer().await,
         "fleet" => return fleet::run(&f).await,
         _ => bail!("{USAGE}"),
     };
@@ -136,7 +147,6 @@ async fn run(f: &HashMap<String, String>) -> anyhow::Result<Vec<Outcome>> {
         .split(',')
         .map(str::to_string)
         .collect();
-    let key: PathBuf = f.get("key-file").context("--key-file is required")?.into();
     let mut watch = Vec::new();
     if let Some(w) = f.get("watch") {
         for item in w.split(',') {
@@ -147,15 +157,19 @@ async fn run(f: &HashMap<String, String>) -> anyhow::Result<Vec<Outcome>> {
             });
         }
     }
-    let target = Target {
-        ws,
-        signer: signer(
-            &key,
-            &get(f, "issuer", "urn:chat:auth".to_string())?,
-            &get(f, "audience", "chat".to_string())?,
-        )?,
-        watch,
+    let server = match f.get("server").map(String::as_str) {
+        None | Some("chat") => {
+            let key: PathBuf = f.get("key-file").context("--key-file is required")?.into();
+            Server::Chat(Box::new(signer(
+                &key,
+                &get(f, "issuer", "urn:chat:auth".to_string())?,
+                &get(f, "audience", "chat".to_string())?,
+            )?))
+        }
+        Some("socketio") => Server::SocketIo,
+        Some(other) => bail!("--server {other}: chat or socketio\n{USAGE}"),
     };
+    let target = Target { ws, server, watch };
     let default_room = match kind {
         Kind::Idle => 10,
         Kind::Dm => 2,
@@ -190,12 +204,12 @@ struct System {
 }
 
 impl System {
-    async fn start(gateways: usize) -> anyhow::Result<Self> {
+    async fn start(gateways: usize, instances: usize) -> anyhow::Result<Self> {
         let nats = chat_testkit::NatsServer::start().await?;
         let deployment = chat_e2e::deploy::Deployment::start_sized(
             &nats.url(),
             gateways,
-            1,
+            instances,
             &[
                 ("CHAT_GATEWAY_RATE_PER_SEC", "100000"),
                 ("CHAT_GATEWAY_RATE_BURST", "100000"),
@@ -246,7 +260,11 @@ impl System {
     fn target(&self) -> anyhow::Result<Target> {
         Ok(Target {
             ws: self.deployment.ws_urls(),
-            signer: signer(&self.key_file(), chat_e2e::ISSUER, chat_e2e::AUDIENCE)?,
+            server: Server::Chat(Box::new(signer(
+                &self.key_file(),
+                chat_e2e::ISSUER,
+                chat_e2e::AUDIENCE,
+            )?)),
             watch: self.watched(),
         })
     }
@@ -255,7 +273,7 @@ impl System {
 /// `chat-bench system`: starts a system and keeps it up until Ctrl-C, for
 /// `run`, profilers and hand checks.
 async fn system(f: &HashMap<String, String>) -> anyhow::Result<()> {
-    let sys = System::start(get(f, "gateways", 1)?).await?;
+    let sys = System::start(get(f, "gateways", 1)?, get(f, "instances", 1)?).await?;
     println!("nats:     {}", sys.nats.url());
     println!("ws:       {}", sys.deployment.ws_urls().join(","));
     println!("key-file: {}", sys.key_file().display());
@@ -270,16 +288,19 @@ async fn system(f: &HashMap<String, String>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the system, then runs the suite's scenarios against it.
-async fn suite(scale: &str) -> anyhow::Result<Vec<Outcome>> {
-    let full = match scale {
-        "short" => false,
-        "full" => true,
-        other => bail!("--scale {other}: short or full"),
-    };
-    let sys = System::start(1).await?;
-    let target = sys.target()?;
+/// `chat-bench peer`: starts the socket.io peer and keeps it up until
+/// Ctrl-C, for `run --server socketio`.
+async fn peer() -> anyhow::Result<()> {
+    let peer = socketio::Peer::start(&socketio::default_dir()).await?;
+    println!("ws:    {}", peer.url());
+    println!("watch: socket.io={}", peer.pid().unwrap_or(0));
+    println!("(Ctrl-C stops it)");
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
 
+/// The suite's scenarios at one scale; the burst ramp comes last.
+fn plan(full: bool) -> (Vec<Params>, Params) {
     let secs = Duration::from_secs;
     let (idle_n, dm_n, dm_rate, group_n, group_rate, bc_n, bc_rate, window) = if full {
         (
@@ -311,7 +332,7 @@ async fn suite(scale: &str) -> anyhow::Result<Vec<Outcome>> {
         next_user += connections + 2;
         p
     };
-    let plan = [
+    let plan = vec![
         params(Kind::Idle, "idle", idle_n, 10, 0.0),
         params(Kind::Dm, "dm", dm_n, 2, dm_rate),
         params(
@@ -323,17 +344,62 @@ async fn suite(scale: &str) -> anyhow::Result<Vec<Outcome>> {
         ),
         params(Kind::Broadcast, "broadcast", bc_n, bc_n, bc_rate),
     ];
-    let burst = params(Kind::Group, "burst (rooms of 20)", 1_000, 20, 500.0);
+    let mut burst = params(Kind::Group, "burst (rooms of 20)", 1_000, 20, 500.0);
+    burst.duration = secs(5);
+    burst.warmup = secs(2);
+    (plan, burst)
+}
+
+/// Runs `plan` and the burst ramp against `target`, labels prefixed.
+async fn run_plan(
+    target: &Target,
+    plan: &[Params],
+    burst: &Params,
+    steps: usize,
+    prefix: &str,
+) -> anyhow::Result<Vec<Outcome>> {
     let mut outcomes = Vec::new();
-    for p in &plan {
+    for p in plan {
+        let mut p = p.clone();
+        p.label = format!("{prefix}{}", p.label);
         eprintln!("chat-bench: {} ({} connections)", p.label, p.connections);
-        outcomes.push(scenario::run(&target, p).await?);
+        outcomes.push(scenario::run(target, &p).await?);
     }
-    eprintln!("chat-bench: burst ramp");
-    let mut b = burst;
-    b.duration = secs(5);
-    b.warmup = secs(2);
-    outcomes.extend(scenario::ramp(&target, &b, 1.5, 200.0, if full { 12 } else { 6 }).await?);
+    let mut b = burst.clone();
+    b.label = format!("{prefix}{}", b.label);
+    eprintln!("chat-bench: {}", b.label);
+    outcomes.extend(scenario::ramp(target, &b, 1.5, 200.0, steps).await?);
+    Ok(outcomes)
+}
+
+/// Starts the system and runs the suite's scenarios against it; then stops
+/// it, starts the socket.io peer and runs the same scenarios against that.
+async fn suite(scale: &str, with_peer: bool) -> anyhow::Result<Vec<Outcome>> {
+    let full = match scale {
+        "short" => false,
+        "full" => true,
+        other => bail!("--scale {other}: short or full"),
+    };
+    let (plan, burst) = plan(full);
+    let steps = if full { 12 } else { 6 };
+    let sys = System::start(1, 1).await?;
+    let mut outcomes = run_plan(&sys.target()?, &plan, &burst, steps, "").await?;
     drop(sys);
+    if with_peer {
+        let peer = socketio::Peer::start(&socketio::default_dir()).await?;
+        let target = Target {
+            ws: vec![peer.url()],
+            server: Server::SocketIo,
+            watch: peer
+                .pid()
+                .map(|pid| Watched {
+                    name: "socket.io".into(),
+                    pid,
+                })
+                .into_iter()
+                .collect(),
+        };
+        outcomes.extend(run_plan(&target, &plan, &burst, steps, report::PEER_PREFIX).await?);
+    }
     Ok(outcomes)
 }

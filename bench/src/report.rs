@@ -7,6 +7,9 @@ use serde::Serialize;
 
 use crate::scenario::Outcome;
 
+/// Labels of the socket.io peer's outcomes start with this.
+pub const PEER_PREFIX: &str = "socket.io ";
+
 /// A whole run: the machine, then every scenario's outcome.
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -88,6 +91,7 @@ pub fn markdown(r: &Report) -> String {
             disconnects(o),
         );
     }
+    peer_table(&mut s, &r.outcomes);
     let idle: Vec<&Outcome> = r
         .outcomes
         .iter()
@@ -126,6 +130,43 @@ pub fn markdown(r: &Report) -> String {
         }
     }
     s
+}
+
+/// Ours beside the peer's, scenario by scenario, from the same run.
+fn peer_table(s: &mut String, outcomes: &[Outcome]) {
+    let pairs: Vec<(&Outcome, &Outcome)> = outcomes
+        .iter()
+        .filter(|o| !o.params.label.starts_with(PEER_PREFIX))
+        .filter_map(|ours| {
+            let label = format!("{PEER_PREFIX}{}", ours.params.label);
+            Some((ours, outcomes.iter().find(|o| o.params.label == label)?))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\n| scenario (same run) | acks/s ours | acks/s socket.io | ours ÷ socket.io | e2e p99 ms ours | e2e p99 ms socket.io |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    for (ours, peer) in pairs {
+        let ratio = if peer.acks_per_second > 0.0 {
+            format!("{:.2}", ours.acks_per_second / peer.acks_per_second)
+        } else {
+            "n/a".to_string()
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | {:.0} | {} | {:.2} | {:.2} |",
+            ours.params.label,
+            ours.acks_per_second,
+            peer.acks_per_second,
+            ratio,
+            ours.e2e_latency.p99_ms,
+            peer.e2e_latency.p99_ms,
+        );
+    }
 }
 
 /// Writes `report.json` and `report.md` into `dir`.

@@ -81,12 +81,38 @@ mod secs {
 
 /// Where the system under test is.
 pub struct Target {
-    /// Gateways' WebSocket URLs; connections are spread over them.
+    /// Gateways' WebSocket URLs (or the peer's); connections are spread
+    /// over them.
     pub ws: Vec<String>,
-    /// Signs access tokens (the auth service's key): no login round trips.
-    pub signer: Signer,
+    pub server: Server,
     /// Processes whose CPU and memory are reported.
     pub watch: Vec<Watched>,
+}
+
+/// What is under test.
+pub enum Server {
+    /// Ours; the signer has the auth service's key and mints access tokens
+    /// (no login round trips).
+    Chat(Box<Signer>),
+    /// The socket.io peer: rooms are names, joined on connect; nothing to
+    /// create, no tokens.
+    SocketIo,
+}
+
+impl Target {
+    fn token(&self, i: usize) -> anyhow::Result<Option<String>> {
+        match &self.server {
+            Server::Chat(signer) => Ok(Some(token(signer, i)?)),
+            Server::SocketIo => Ok(None),
+        }
+    }
+
+    fn proto(&self) -> client::Proto {
+        match self.server {
+            Server::Chat(_) => client::Proto::Chat,
+            Server::SocketIo => client::Proto::SocketIo,
+        }
+    }
 }
 
 /// One scenario's results.
@@ -127,7 +153,7 @@ fn token(signer: &Signer, i: usize) -> anyhow::Result<String> {
 fn rss_of_gateways(watch: &[Watched]) -> u64 {
     watch
         .iter()
-        .filter(|w| w.name.starts_with("gateway"))
+        .filter(|w| w.name.starts_with("gateway") || w.name == "socket.io")
         .filter_map(|w| procs::read(w.pid))
         .map(|r| r.rss_bytes)
         .sum()
@@ -139,7 +165,7 @@ pub struct Session {
     stop: CancellationToken,
     tasks: JoinSet<()>,
     senders: Vec<(mpsc::Sender<Cmd>, Arc<str>)>,
-    _admin: client::Ws,
+    _admin: Option<client::Ws>,
     setup_seconds: f64,
     gw_rss_before: u64,
     tcp_before: Option<u64>,
@@ -149,7 +175,8 @@ pub struct Session {
 struct Member {
     i: usize,
     url: String,
-    token: String,
+    /// None for the socket.io peer.
+    token: Option<String>,
     room: Arc<str>,
 }
 
@@ -159,15 +186,19 @@ impl Member {
         Ok(Self {
             i,
             url: target.ws[c % target.ws.len()].clone(),
-            token: token(&target.signer, i)?,
+            token: target.token(i)?,
             room: rooms[c / p.room_size.max(1)].clone(),
         })
     }
 
-    /// Connects (and joins its room when `join`).
+    /// Connects (and joins its room when `join`; the socket.io peer's
+    /// rooms are always joined on connect).
     async fn connect(&self, join: bool) -> anyhow::Result<client::Ws> {
-        let (mut ws, _) =
-            client::connect(&self.url, client::source_addr(self.i), &self.token).await?;
+        let src = client::source_addr(self.i);
+        let Some(token) = &self.token else {
+            return crate::socketio::connect(&self.url, src, &self.room).await;
+        };
+        let (mut ws, _) = client::connect(&self.url, src, token).await?;
         if join {
             client::request(
                 &mut ws,
@@ -179,24 +210,24 @@ impl Member {
     }
 }
 
-/// Creates the rooms and connects every client of `p` (each joins its room).
-pub async fn setup(target: &Target, p: &Params) -> anyhow::Result<Session> {
-    if target.ws.is_empty() {
-        bail!("no gateway URL");
-    }
-    let stats = Arc::new(Stats::new());
-    let stop = CancellationToken::new();
-    let setup_start = Instant::now();
-    let gw_rss_before = rss_of_gateways(&target.watch);
-    let tcp_before = procs::kernel_tcp_bytes();
-
-    // Rooms, created by one extra user who stays connected.
+/// The rooms of `p`: ours are created by one extra user who stays
+/// connected; the peer's are names.
+async fn create_rooms(
+    target: &Target,
+    p: &Params,
+) -> anyhow::Result<(Option<client::Ws>, Vec<Arc<str>>)> {
     let rooms_n = p.connections.div_ceil(p.room_size.max(1));
+    let Server::Chat(signer) = &target.server else {
+        let rooms = (0..rooms_n)
+            .map(|r| Arc::from(format!("bench{}-{r}", p.first_user)))
+            .collect();
+        return Ok((None, rooms));
+    };
     let admin_i = p.first_user + p.connections;
     let (mut admin, _) = client::connect(
         &target.ws[0],
         client::source_addr(admin_i),
-        &token(&target.signer, admin_i)?,
+        &token(signer, admin_i)?,
     )
     .await
     .context("admin connection")?;
@@ -210,11 +241,26 @@ pub async fn setup(target: &Target, p: &Params) -> anyhow::Result<Session> {
         let id = reply["room"]["id"].as_str().context("room id")?;
         rooms.push(Arc::from(id));
     }
+    Ok((Some(admin), rooms))
+}
+
+/// Creates the rooms and connects every client of `p` (each joins its room).
+pub async fn setup(target: &Target, p: &Params) -> anyhow::Result<Session> {
+    if target.ws.is_empty() {
+        bail!("no gateway URL");
+    }
+    let stats = Arc::new(Stats::new());
+    let stop = CancellationToken::new();
+    let setup_start = Instant::now();
+    let gw_rss_before = rss_of_gateways(&target.watch);
+    let tcp_before = procs::kernel_tcp_bytes();
+
+    let (admin, rooms) = create_rooms(target, p).await?;
 
     // Large rooms: members join first, each over a short connection, and
     // come online afterwards (as when an admin fills a team), so the joins
     // are not delivered to every member already online (n²/2 frames).
-    let prejoin = p.room_size > PREJOIN_ABOVE;
+    let prejoin = p.room_size > PREJOIN_ABOVE && matches!(target.server, Server::Chat(_));
     if prejoin {
         let mut joining = JoinSet::new();
         for c in 0..p.connections {
@@ -239,7 +285,7 @@ pub async fn setup(target: &Target, p: &Params) -> anyhow::Result<Session> {
         let (mut ws, _) = client::connect(
             &target.ws[0],
             client::source_addr(i),
-            &token(&target.signer, i)?,
+            &target.token(i)?.context("a token")?,
         )
         .await?;
         let reply = client::request(
@@ -275,7 +321,14 @@ pub async fn setup(target: &Target, p: &Params) -> anyhow::Result<Session> {
                 if sends {
                     senders.push((tx, room));
                 }
-                tasks.spawn(client::run(c, ws, rx, stats.clone(), stop.clone()));
+                tasks.spawn(client::run(
+                    target.proto(),
+                    c,
+                    ws,
+                    rx,
+                    stats.clone(),
+                    stop.clone(),
+                ));
             }
         }
     }
