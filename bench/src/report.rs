@@ -147,26 +147,35 @@ fn peer_table(s: &mut String, outcomes: &[Outcome]) {
     }
     let _ = writeln!(
         s,
-        "\n| scenario (same run) | acks/s ours | acks/s socket.io | ours ÷ socket.io | e2e p99 ms ours | e2e p99 ms socket.io |"
+        "\n| scenario (same run) | acks/s ours / socket.io | e2e p50 ms ours / socket.io | e2e p99 ms ours / socket.io | p99 ours ÷ socket.io | server CPU % ours / socket.io |"
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|");
     for (ours, peer) in pairs {
-        let ratio = if peer.acks_per_second > 0.0 {
-            format!("{:.2}", ours.acks_per_second / peer.acks_per_second)
+        let ratio = if peer.e2e_latency.p99_ms > 0.0 {
+            format!("{:.1}", ours.e2e_latency.p99_ms / peer.e2e_latency.p99_ms)
         } else {
             "n/a".to_string()
         };
         let _ = writeln!(
             s,
-            "| {} | {:.0} | {:.0} | {} | {:.2} | {:.2} |",
+            "| {} | {:.0} / {:.0} | {:.2} / {:.2} | {:.2} / {:.2} | {} | {:.0} / {:.0} |",
             ours.params.label,
             ours.acks_per_second,
             peer.acks_per_second,
-            ratio,
+            ours.e2e_latency.p50_ms,
+            peer.e2e_latency.p50_ms,
             ours.e2e_latency.p99_ms,
             peer.e2e_latency.p99_ms,
+            ratio,
+            server_cpu(ours),
+            server_cpu(peer),
         );
     }
+}
+
+/// CPU of every watched process (the system under test), % of one core.
+fn server_cpu(o: &Outcome) -> f64 {
+    o.processes.iter().map(|p| p.cpu_percent).sum()
 }
 
 /// Writes `report.json` and `report.md` into `dir`.
