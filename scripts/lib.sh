@@ -1,10 +1,13 @@
-# Shared by scripts/up and scripts/test: find or install what they need.
+# Shared by the scripts (up, test, bench, fuzz): find or install what they need.
 # Sourced, not run.
 
 NATS_VERSION_MIN="2.11.0"
 NATS_PIP_VERSION="2.15.1"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LOCAL="$ROOT/.local"
+# Every script builds the same way, so one build is reused by the others:
+# without incremental caches, which would only cost disk (gigabytes).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 version_ge() { # a >= b (dotted versions)
   [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]

@@ -75,6 +75,12 @@ pub struct Delivery {
     /// sessions' rooms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub membership: Option<MembershipChange>,
+    /// A room-wide delivery (on `rooms.deliver`, to every gateway): the
+    /// recipients are every member of `room` connected to the gateway, as
+    /// its own membership index knows them, plus `users` (a leaver, who is
+    /// no longer a member, receives its own leave).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub to_room: bool,
 }
 
 /// The kind of a [`Delivery`].
@@ -112,9 +118,9 @@ impl Delivery {
             (DeliveryKind::Member, ..) => {
                 Err("a member delivery needs room, seq and a membership of that room")
             }
-            (DeliveryKind::Presence, None, None, None) => Ok(Routed::Presence),
+            (DeliveryKind::Presence, None, None, None) if !self.to_room => Ok(Routed::Presence),
             (DeliveryKind::Presence, ..) => {
-                Err("a presence delivery has no room, seq or membership")
+                Err("a presence delivery has no room, seq or membership and is not room-wide")
             }
         }
     }
@@ -259,6 +265,7 @@ mod tests {
             room: Some(room.clone()),
             seq: Some(4),
             membership: None,
+            to_room: false,
         };
         assert_eq!(
             base.routed(),
@@ -291,6 +298,22 @@ mod tests {
             ..base.clone()
         };
         assert!(presence.routed().is_err(), "presence carries no room");
+        let room_wide_presence = Delivery {
+            kind: DeliveryKind::Presence,
+            room: None,
+            seq: None,
+            to_room: true,
+            ..base.clone()
+        };
+        assert!(
+            room_wide_presence.routed().is_err(),
+            "room-wide needs a room"
+        );
+        let text = serde_json::to_string(&base).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            !text.contains("to_room"),
+            "per-gateway is the default: {text}"
+        );
         let json = r#"{"v":1,"users":["u1"],"frame":"{}","room":"r1","seq":4}"#;
         assert!(
             serde_json::from_str::<Delivery>(json).is_err(),

@@ -70,6 +70,12 @@ pub fn gateway_deliver(gw: &GatewayId) -> String {
     format!("gw.{gw}.deliver")
 }
 
+/// `rooms.deliver`: core NATS, fanout → every gateway: one frame for every
+/// connected member of a large room (a [`crate::events::Delivery`] with
+/// `to_room`); each gateway finds the recipients in its own membership
+/// index instead of fanout naming thousands of them per gateway.
+pub const ROOM_DELIVER: &str = "rooms.deliver";
+
 /// `fanout.membership`: core NATS, every fanout instance → every fanout
 /// instance: a membership change one instance took from the room stream
 /// ([`crate::events::MembershipChange`]), so each instance's member cache

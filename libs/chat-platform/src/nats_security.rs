@@ -114,13 +114,22 @@ impl Role {
                 p.extend(stream_setup(room));
                 p.extend(room_reads);
                 p.extend(watch(&revoked));
-                (p, vec![inbox, "gw.*.deliver".into(), "gw.*.heads".into()])
+                (
+                    p,
+                    vec![
+                        inbox,
+                        "gw.*.deliver".into(),
+                        "gw.*.heads".into(),
+                        names::ROOM_DELIVER.into(),
+                    ],
+                )
             }
             Role::Fanout => {
                 let mut p = vec![
                     sync,
                     "gw.*.deliver".into(),
                     "gw.*.heads".into(),
+                    names::ROOM_DELIVER.into(),
                     names::FANOUT_MEMBERSHIP.into(),
                     // Read-only history queries: who is in a room, whose rooms.
                     names::svc::HISTORY_ROOM_MEMBERS.into(),

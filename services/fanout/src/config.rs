@@ -46,6 +46,12 @@ pub struct Config {
     /// members an instance caches; beyond it one is evicted (and read from
     /// history again on its next event).
     pub member_cache_rooms: usize,
+    /// `CHAT_FANOUT_ROOM_WIDE_MIN_MEMBERS` (256, at least 1): an event of a
+    /// room with at least this many members is published once on
+    /// `rooms.deliver`, to every gateway, which finds the recipients in its
+    /// own membership index; smaller rooms get one delivery per gateway
+    /// naming the online recipients there.
+    pub room_wide_min_members: usize,
     /// NATS connection and resource management options.
     pub common: Common,
 }
@@ -90,6 +96,7 @@ impl Config {
             heads_interval,
             heads_window,
             presence_max_room: s.at_least("CHAT_FANOUT_PRESENCE_MAX_ROOM", 500usize, 0)?,
+            room_wide_min_members: s.at_least("CHAT_FANOUT_ROOM_WIDE_MIN_MEMBERS", 256usize, 1)?,
             common: Common::from_settings(&s, "FANOUT")?,
         })
     }
@@ -108,6 +115,21 @@ mod tests {
         assert_eq!(c.heads_interval, Duration::from_secs(2));
         assert_eq!(c.heads_window, Duration::from_secs(30));
         assert_eq!(c.presence_max_room, 500);
+        assert_eq!(c.room_wide_min_members, 256);
+    }
+
+    #[test]
+    fn room_wide_deliveries_start_at_one_member_at_the_least() {
+        let one = MapSource::new().with("CHAT_FANOUT_ROOM_WIDE_MIN_MEMBERS", "1");
+        let c = Config::from_source(&one).expect("1 is the smallest");
+        assert_eq!(c.room_wide_min_members, 1);
+        let zero = MapSource::new().with("CHAT_FANOUT_ROOM_WIDE_MIN_MEMBERS", "0");
+        let err = Config::from_source(&zero).expect_err("0 is refused");
+        assert!(
+            err.to_string()
+                .contains("CHAT_FANOUT_ROOM_WIDE_MIN_MEMBERS"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -40,9 +40,9 @@ const MAX_ACK_PENDING: i64 = 10_000;
 const BUCKET_POLL: Duration = Duration::from_millis(500);
 /// A delivery that could not be published.
 #[derive(Debug, thiserror::Error)]
-#[error("publishing to gateway {gw}: {reason}")]
+#[error("publishing on {subject}: {reason}")]
 pub struct PublishError {
-    pub gw: GatewayId,
+    pub subject: String,
     pub reason: String,
 }
 
@@ -59,6 +59,8 @@ pub(crate) struct Fanout {
     instance: Arc<str>,
     /// Rooms with more members get no presence pushes.
     presence_max_room: usize,
+    /// Rooms with at least this many members get room-wide deliveries.
+    room_wide_min_members: usize,
 }
 
 /// Header naming the fanout instance that shared a membership change.
@@ -70,19 +72,40 @@ impl Fanout {
     /// sent before it.
     async fn publish(&self, out: Vec<(GatewayId, Delivery)>) -> Result<(), PublishError> {
         for (gw, delivery) in out {
-            let body = serde_json::to_vec(&delivery).map_err(|e| PublishError {
-                gw: gw.clone(),
-                reason: e.to_string(),
-            })?;
-            self.client
-                .publish(names::gateway_deliver(&gw), body.into())
-                .await
-                .map_err(|e| PublishError {
-                    gw: gw.clone(),
+            let subject = names::gateway_deliver(&gw);
+            let body = match serde_json::to_vec(&delivery) {
+                Ok(b) => b,
+                Err(e) => {
+                    return Err(PublishError {
+                        subject,
+                        reason: e.to_string(),
+                    });
+                }
+            };
+            if let Err(e) = self.client.publish(subject.clone(), body.into()).await {
+                return Err(PublishError {
+                    subject,
                     reason: e.to_string(),
-                })?;
+                });
+            }
             metrics::counter!("chat_fanout_deliveries_total").increment(1);
         }
+        Ok(())
+    }
+
+    /// Publishes a room-wide delivery once, on `rooms.deliver`, for every
+    /// gateway.
+    async fn publish_room_wide(&self, delivery: Delivery) -> Result<(), PublishError> {
+        let failed = |reason: String| PublishError {
+            subject: names::ROOM_DELIVER.into(),
+            reason,
+        };
+        let body = serde_json::to_vec(&delivery).map_err(|e| failed(e.to_string()))?;
+        self.client
+            .publish(names::ROOM_DELIVER, body.into())
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        metrics::counter!("chat_fanout_room_wide_deliveries_total").increment(1);
         Ok(())
     }
 }
@@ -148,6 +171,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
             chat_core::time::now_ms()
         )),
         presence_max_room: config.presence_max_room,
+        room_wide_min_members: config.room_wide_min_members,
     };
     let heads_task = tokio::spawn(heads::publish_loop(
         fanout.clone(),

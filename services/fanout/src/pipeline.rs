@@ -117,7 +117,7 @@ async fn process(fanout: &Fanout, msg: &Message, shutdown: &Shutdown) -> bool {
 }
 
 /// Handles one room event: recipients, one encoded frame, one delivery per
-/// gateway.
+/// gateway (or one room-wide delivery for a large room).
 #[instrument(skip_all, fields(room, seq))]
 async fn handle(fanout: &Fanout, msg: &Message) -> Outcome {
     let ev: RoomEvent = match serde_json::from_slice(&msg.payload) {
@@ -154,8 +154,17 @@ async fn handle(fanout: &Fanout, msg: &Message) -> Outcome {
     };
     let ctx_membership = membership.clone();
     let ctx = Context::event(&ev.room, ev.seq, membership);
-    let out = plan::deliveries(&fanout.view, &recipients, &frame, &ctx);
-    if let Err(e) = fanout.publish(out).await {
+    // A large room: one publish, and no per-member work here (each gateway
+    // knows its sessions' rooms).
+    let published = if recipients.len() >= fanout.room_wide_min_members {
+        fanout
+            .publish_room_wide(plan::room_wide(&frame, &ctx))
+            .await
+    } else {
+        let out = plan::deliveries(&fanout.view, &recipients, &frame, &ctx);
+        fanout.publish(out).await
+    };
+    if let Err(e) = published {
         tracing::warn!(error = %e, "delivery publish failed; will retry");
         return Outcome::Retry;
     }

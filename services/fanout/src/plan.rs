@@ -1,4 +1,5 @@
-//! Turning one frame and its recipients into one delivery per gateway.
+//! Turning one frame and its recipients into one delivery per gateway, or
+//! (large rooms) into one room-wide delivery for every gateway.
 
 use std::collections::BTreeSet;
 
@@ -66,10 +67,31 @@ pub fn deliveries(
                 room: ctx.room.clone(),
                 seq: ctx.seq,
                 membership: ctx.membership.clone(),
+                to_room: false,
             };
             (gw, delivery)
         })
         .collect()
+}
+
+/// One room-wide delivery of a room event: every gateway delivers it to the
+/// room's members connected there, plus the user of a membership change
+/// (a leaver is no member any more but receives its own leave).
+pub fn room_wide(frame: &str, ctx: &Context) -> Delivery {
+    Delivery {
+        v: SCHEMA_VERSION,
+        kind: ctx.kind,
+        users: ctx
+            .membership
+            .as_ref()
+            .map(|c| vec![c.user.clone()])
+            .unwrap_or_default(),
+        frame: frame.to_string(),
+        room: ctx.room.clone(),
+        seq: ctx.seq,
+        membership: ctx.membership.clone(),
+        to_room: true,
+    }
 }
 
 #[cfg(test)]

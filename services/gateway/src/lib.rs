@@ -102,10 +102,17 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> an
         shutdown.clone(),
     ));
 
-    let mut deliveries = nats
+    // This gateway's own deliveries and the room-wide ones every gateway
+    // gets, handled by one task.
+    let own = nats
         .subscribe(names::gateway_deliver(&gw))
         .await
         .context("subscribe to deliveries")?;
+    let room_wide = nats
+        .subscribe(names::ROOM_DELIVER)
+        .await
+        .context("subscribe to room-wide deliveries")?;
+    let mut deliveries = futures::stream::select(own, room_wide);
     let mut heads = nats
         .subscribe(names::gateway_heads(&gw))
         .await

@@ -1,8 +1,9 @@
 //! Who is connected to this gateway: user → sessions (each with its bounded
-//! outbound queue) and the rooms the user belongs to. Deliveries, heads and
-//! presence reports go through here.
+//! outbound queue) and the rooms the user belongs to, and the reverse index
+//! room → connected members (the recipients of room-wide deliveries).
+//! Deliveries, heads and presence reports go through here.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chat_core::events::{Delivery, MemberOp, Routed};
@@ -110,10 +111,35 @@ struct UserEntry {
 #[error("this account already has {0} connections to this gateway")]
 pub struct TooManySessions(pub usize);
 
+#[derive(Default)]
+struct Inner {
+    users: HashMap<UserId, UserEntry>,
+    /// Connected members per room, kept with `UserEntry::rooms`.
+    by_room: HashMap<RoomId, HashSet<UserId>>,
+}
+
+impl Inner {
+    fn index(&mut self, user: &UserId, room: &RoomId) {
+        self.by_room
+            .entry(room.clone())
+            .or_default()
+            .insert(user.clone());
+    }
+
+    fn unindex(&mut self, user: &UserId, room: &RoomId) {
+        if let Some(members) = self.by_room.get_mut(room) {
+            members.remove(user);
+            if members.is_empty() {
+                self.by_room.remove(room);
+            }
+        }
+    }
+}
+
 /// Connected users of this gateway.
 #[derive(Clone, Default)]
 pub struct Registry {
-    inner: Arc<Mutex<HashMap<UserId, UserEntry>>>,
+    inner: Arc<Mutex<Inner>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -135,22 +161,28 @@ impl Registry {
         rooms: Vec<RoomId>,
         max_sessions: usize,
     ) -> Result<bool, TooManySessions> {
-        let mut map = lock(&self.inner);
-        let entry = map.entry(user.clone()).or_default();
+        let mut inner = lock(&self.inner);
+        let entry = inner.users.entry(user.clone()).or_default();
         if entry.sessions.len() >= max_sessions {
             return Err(TooManySessions(entry.sessions.len()));
         }
         let first = entry.sessions.is_empty();
         entry.sessions.insert(id, handle);
-        entry.rooms.extend(rooms);
+        let new: Vec<RoomId> = rooms
+            .into_iter()
+            .filter(|r| entry.rooms.insert(r.clone()))
+            .collect();
+        for room in &new {
+            inner.index(user, room);
+        }
         Ok(first)
     }
 
     /// Closes every session running on sign-in session `sid`; how many.
     pub fn close_session(&self, sid: &str, code: u16, reason: &str) -> usize {
-        let map = lock(&self.inner);
+        let inner = lock(&self.inner);
         let mut n = 0;
-        for s in map.values().flat_map(|e| e.sessions.values()) {
+        for s in inner.users.values().flat_map(|e| e.sessions.values()) {
             if lock(&s.sid).as_deref() == Some(sid) {
                 s.close(code, reason);
                 n += 1;
@@ -161,27 +193,34 @@ impl Registry {
 
     /// Sessions `user` has on this gateway now.
     pub fn sessions_of(&self, user: &UserId) -> usize {
-        lock(&self.inner).get(user).map_or(0, |e| e.sessions.len())
+        lock(&self.inner)
+            .users
+            .get(user)
+            .map_or(0, |e| e.sessions.len())
     }
 
     /// Removes a session; returns true when it was the user's last.
     pub fn remove(&self, user: &UserId, id: SessionId) -> bool {
-        let mut map = lock(&self.inner);
-        let Some(entry) = map.get_mut(user) else {
+        let mut inner = lock(&self.inner);
+        let Some(entry) = inner.users.get_mut(user) else {
             return false;
         };
         entry.sessions.remove(&id);
-        if entry.sessions.is_empty() {
-            map.remove(user);
-            true
-        } else {
-            false
+        if !entry.sessions.is_empty() {
+            return false;
         }
+        if let Some(entry) = inner.users.remove(user) {
+            for room in &entry.rooms {
+                inner.unindex(user, room);
+            }
+        }
+        true
     }
 
     /// Whether `user` is a member of `room` as far as this gateway knows.
     pub fn is_member(&self, user: &UserId, room: &RoomId) -> bool {
         lock(&self.inner)
+            .users
             .get(user)
             .is_some_and(|e| e.rooms.contains(room))
     }
@@ -194,8 +233,8 @@ impl Registry {
         after: Option<&RoomId>,
         limit: usize,
     ) -> (Vec<RoomId>, bool) {
-        let map = lock(&self.inner);
-        let Some(e) = map.get(user) else {
+        let inner = lock(&self.inner);
+        let Some(e) = inner.users.get(user) else {
             return (Vec::new(), false);
         };
         let mut it: Box<dyn Iterator<Item = &RoomId>> = match after {
@@ -213,20 +252,24 @@ impl Registry {
     /// user's sessions forget the room.
     pub fn set_member(&self, user: &UserId, room: &RoomId, op: MemberOp) {
         let sessions: Vec<SessionHandle> = {
-            let mut map = lock(&self.inner);
-            let Some(e) = map.get_mut(user) else {
+            let mut inner = lock(&self.inner);
+            let Some(e) = inner.users.get_mut(user) else {
                 return;
             };
             match op {
                 MemberOp::Join => {
-                    e.rooms.insert(room.clone());
+                    if e.rooms.insert(room.clone()) {
+                        inner.index(user, room);
+                    }
                     return;
                 }
                 MemberOp::Leave => {
                     if !e.rooms.remove(room) {
                         return;
                     }
-                    e.sessions.values().cloned().collect()
+                    let sessions = e.sessions.values().cloned().collect();
+                    inner.unindex(user, room);
+                    sessions
                 }
             }
         };
@@ -237,12 +280,13 @@ impl Registry {
 
     /// Every connected user (for presence heartbeats).
     pub fn users(&self) -> Vec<UserId> {
-        lock(&self.inner).keys().cloned().collect()
+        lock(&self.inner).users.keys().cloned().collect()
     }
 
     /// Every session (for shutdown).
     pub fn sessions(&self) -> Vec<SessionHandle> {
         lock(&self.inner)
+            .users
             .values()
             .flat_map(|e| e.sessions.values().cloned())
             .collect()
@@ -250,15 +294,42 @@ impl Registry {
 
     /// Number of open sessions.
     pub fn session_count(&self) -> usize {
-        lock(&self.inner).values().map(|e| e.sessions.len()).sum()
+        lock(&self.inner)
+            .users
+            .values()
+            .map(|e| e.sessions.len())
+            .sum()
     }
 
     fn sessions_of_users<'a>(&self, users: impl Iterator<Item = &'a UserId>) -> Vec<SessionHandle> {
-        let map = lock(&self.inner);
+        let inner = lock(&self.inner);
         users
-            .filter_map(|u| map.get(u))
+            .filter_map(|u| inner.users.get(u))
             .flat_map(|e| e.sessions.values().cloned())
             .collect()
+    }
+
+    /// Sessions of every connected member of `room`, and of `extra` (who
+    /// may no longer be members).
+    fn sessions_of_room(&self, room: &RoomId, extra: &[UserId]) -> Vec<SessionHandle> {
+        let inner = lock(&self.inner);
+        let members = inner.by_room.get(room);
+        let extra = extra
+            .iter()
+            .filter(|u| !members.is_some_and(|m| m.contains(*u)));
+        members
+            .into_iter()
+            .flatten()
+            .chain(extra)
+            .filter_map(|u| inner.users.get(u))
+            .flat_map(|e| e.sessions.values().cloned())
+            .collect()
+    }
+
+    /// Connected members of `room` as this gateway knows them (tests).
+    #[cfg(test)]
+    fn members_of(&self, room: &RoomId) -> usize {
+        lock(&self.inner).by_room.get(room).map_or(0, HashSet::len)
     }
 
     /// Passes a head to every session of its users (fanout computed them
@@ -284,10 +355,11 @@ impl Registry {
             .count()
     }
 
-    /// Writes a delivery's frame to every session of its users, as its kind
-    /// says. The frame is shared, not copied, per session. Returns the
-    /// number of frames queued; a delivery whose fields do not match its
-    /// kind is refused.
+    /// Writes a delivery's frame to every session of its users (or, for a
+    /// room-wide delivery, of the room's connected members and its users),
+    /// as its kind says. The frame is shared, not copied, per session.
+    /// Returns the number of frames queued; a delivery whose fields do not
+    /// match its kind is refused.
     pub fn deliver(&self, d: Delivery) -> Result<usize, &'static str> {
         // Messages are ordered per session; membership and presence frames
         // carry no number of their own and pass as they come.
@@ -299,7 +371,11 @@ impl Registry {
             }
             Routed::Presence => None,
         };
-        let targets = self.sessions_of_users(d.users.iter());
+        let targets = match (&d.room, d.to_room) {
+            // routed() refuses a room-wide delivery without a room.
+            (Some(room), true) => self.sessions_of_room(room, &d.users),
+            _ => self.sessions_of_users(d.users.iter()),
+        };
         let frame = Utf8Bytes::from(d.frame);
         // Push outside the lock: closing a slow session must not block others.
         let queued = targets
@@ -318,103 +394,4 @@ impl Registry {
 }
 
 #[cfg(test)]
-mod tests {
-    use chat_core::events::{DeliveryKind, Head};
-
-    use super::*;
-
-    fn handle(depth: usize) -> (SessionHandle, crate::queue::Receiver<Out>) {
-        let (tx, rx) = crate::queue::bounded(depth);
-        let h = SessionHandle {
-            tx,
-            kill: CancellationToken::new(),
-            close_reason: Arc::new(Mutex::new(None)),
-            sid: Arc::new(Mutex::new(None)),
-        };
-        (h, rx)
-    }
-
-    fn ids(s: &str) -> (UserId, RoomId) {
-        (
-            UserId::parse(s).expect("user"),
-            RoomId::parse(format!("r{s}")).expect("room"),
-        )
-    }
-
-    #[test]
-    fn a_user_gets_at_most_the_configured_sessions() {
-        let reg = Registry::default();
-        let (user, room) = ids("a");
-        for id in 0..2 {
-            let (h, _rx) = handle(4);
-            assert_eq!(reg.add(&user, id, h, vec![room.clone()], 2), Ok(id == 0));
-        }
-        let (h, _rx) = handle(4);
-        assert_eq!(reg.add(&user, 9, h, vec![], 2), Err(TooManySessions(2)));
-        assert!(!reg.remove(&user, 0), "session 1 is still there");
-        let (h, _rx) = handle(4);
-        assert!(
-            reg.add(&user, 9, h, vec![], 2).is_ok(),
-            "a freed place is reusable"
-        );
-    }
-
-    #[test]
-    fn heads_are_dropped_at_a_half_full_queue_and_never_close_the_session() {
-        let reg = Registry::default();
-        let (user, room) = ids("b");
-        let (h, _rx) = handle(4);
-        let (kill, tx) = (h.kill.clone(), h.tx.clone());
-        reg.add(&user, 1, h, vec![room.clone()], 4).expect("added");
-        let head = Head {
-            room,
-            seq: 3,
-            users: vec![user],
-        };
-        assert_eq!(reg.head(&head), 1);
-        assert_eq!(reg.head(&head), 1);
-        assert_eq!(reg.head(&head), 0, "half full: the head is dropped");
-        assert!(!kill.is_cancelled(), "a head never closes a session");
-        assert!(
-            tx.try_send(Out::Forget(ids("x").1)).is_ok(),
-            "room left for real work"
-        );
-    }
-
-    #[test]
-    fn rooms_are_paged_by_id() {
-        let reg = Registry::default();
-        let user = UserId::parse("c").expect("user");
-        let rooms: Vec<RoomId> = ["r3", "r1", "r2"]
-            .iter()
-            .map(|r| RoomId::parse(*r).expect("room"))
-            .collect();
-        let (h, _rx) = handle(4);
-        reg.add(&user, 1, h, rooms.clone(), 4).expect("added");
-        let (first, more) = reg.rooms_page(&user, None, 2);
-        assert_eq!((first.len(), more), (2, true));
-        assert_eq!(first[0].as_str(), "r1");
-        let (rest, more) = reg.rooms_page(&user, first.last(), 2);
-        assert_eq!(rest.iter().map(RoomId::as_str).collect::<Vec<_>>(), ["r3"]);
-        assert!(!more);
-    }
-
-    #[test]
-    fn a_delivery_whose_fields_do_not_match_its_kind_is_refused() {
-        let reg = Registry::default();
-        let (user, room) = ids("d");
-        let (h, mut rx) = handle(8);
-        reg.add(&user, 1, h, vec![room.clone()], 4).expect("added");
-        let d = Delivery {
-            v: 1,
-            kind: DeliveryKind::Presence,
-            users: vec![user],
-            frame: "{}".into(),
-            room: Some(room),
-            seq: Some(1),
-            membership: None,
-        };
-        assert!(reg.deliver(d).is_err());
-        assert!(rx.try_recv().is_none(), "nothing queued");
-    }
-}
+mod tests;
