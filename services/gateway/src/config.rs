@@ -37,6 +37,11 @@ pub struct Limits {
     /// may hold on this gateway; one more is refused with `limit_reached`
     /// and closed with 4008. Each gateway counts its own.
     pub max_connections_per_user: usize,
+    /// `CHAT_GATEWAY_MAX_CHANGES_WHILE_CONNECTING` (1024, at least 1):
+    /// membership changes of a user kept while one of its sessions starts
+    /// (between reading its rooms and registering it); one more and that
+    /// session is refused with `unavailable` and close 1011, to retry.
+    pub max_changes_while_connecting: usize,
     /// `CHAT_GATEWAY_READ_BUFFER_BYTES` (4096, at least 256): the WebSocket
     /// read buffer each connection allocates. The library default (128 KiB)
     /// made an idle connection cost about 160 KiB; larger frames still
@@ -170,6 +175,11 @@ impl Config {
                 16usize,
                 1,
             )?,
+            max_changes_while_connecting: s.at_least(
+                "CHAT_GATEWAY_MAX_CHANGES_WHILE_CONNECTING",
+                crate::registry::MAX_WATCHED_CHANGES,
+                1,
+            )?,
             read_buffer_bytes: s.at_least("CHAT_GATEWAY_READ_BUFFER_BYTES", 4096usize, 256)?,
             write_buffer_bytes: s.at_least("CHAT_GATEWAY_WRITE_BUFFER_BYTES", 8192usize, 0)?,
             max_sends_in_flight: s.at_least("CHAT_GATEWAY_MAX_SENDS_IN_FLIGHT", 1024usize, 1)?,
@@ -260,6 +270,7 @@ mod tests {
             ("CHAT_GATEWAY_WELCOME_ROOMS", "1001"),
             ("CHAT_GATEWAY_WELCOME_ROOMS", "0"),
             ("CHAT_GATEWAY_MAX_CONNECTIONS_PER_USER", "0"),
+            ("CHAT_GATEWAY_MAX_CHANGES_WHILE_CONNECTING", "0"),
         ] {
             let err = Config::from_source(&MapSource::new().with(key, value))
                 .err()

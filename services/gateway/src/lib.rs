@@ -85,7 +85,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> an
         log: RoomLog::new(js.clone(), stream).with_tail_cache(config.common.room_tail_cache),
         revocations: revocations.clone(),
         verifier: Arc::new(verifier),
-        registry: registry::Registry::default(),
+        registry: registry::Registry::new(config.limits.max_changes_while_connecting),
         send_slots: Arc::new(tokio::sync::Semaphore::new(
             config.limits.max_sends_in_flight,
         )),

@@ -108,17 +108,82 @@ struct UserEntry {
 
 /// Why a session was not added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("this account already has {0} connections to this gateway")]
-pub struct TooManySessions(pub usize);
+pub enum AddError {
+    #[error("this account already has {0} connections to this gateway")]
+    TooManySessions(usize),
+    /// More membership changes arrived while the session started than its
+    /// watch keeps: its room list may be wrong, so it must start again.
+    #[error("too many membership changes while the session started")]
+    MissedChanges,
+}
+
+/// Default of `CHAT_GATEWAY_MAX_CHANGES_WHILE_CONNECTING`: most membership
+/// changes of a user recorded for one starting session.
+pub const MAX_WATCHED_CHANGES: usize = 1024;
+
+/// Membership changes of a user whose session is starting, in arrival
+/// order: its rooms are read from history before it is registered, and a
+/// change delivered in between would otherwise be lost (`set_member` knows
+/// only registered users).
+#[derive(Default)]
+struct Watch {
+    changes: Vec<(RoomId, MemberOp)>,
+    overflowed: bool,
+}
+
+/// Records a user's membership changes until it is passed to
+/// [`Registry::add`] or dropped.
+pub struct ChangeWatch {
+    registry: Registry,
+    user: UserId,
+    id: u64,
+}
+
+impl Drop for ChangeWatch {
+    fn drop(&mut self) {
+        let mut inner = lock(&self.registry.inner);
+        inner.take_watch(&self.user, self.id);
+    }
+}
 
 #[derive(Default)]
 struct Inner {
     users: HashMap<UserId, UserEntry>,
     /// Connected members per room, kept with `UserEntry::rooms`.
     by_room: HashMap<RoomId, HashSet<UserId>>,
+    /// Starting sessions' watches, by user and watch id.
+    watches: HashMap<UserId, HashMap<u64, Watch>>,
+    next_watch: u64,
 }
 
 impl Inner {
+    fn take_watch(&mut self, user: &UserId, id: u64) -> Option<Watch> {
+        let watches = self.watches.get_mut(user)?;
+        let watch = watches.remove(&id);
+        if watches.is_empty() {
+            self.watches.remove(user);
+        }
+        watch
+    }
+
+    /// Applies one membership change to a registered user's rooms and the
+    /// index; true when it changed something.
+    fn apply(&mut self, user: &UserId, room: &RoomId, op: MemberOp) -> bool {
+        let Some(e) = self.users.get_mut(user) else {
+            return false;
+        };
+        let changed = match op {
+            MemberOp::Join => e.rooms.insert(room.clone()),
+            MemberOp::Leave => e.rooms.remove(room),
+        };
+        match (changed, op) {
+            (true, MemberOp::Join) => self.index(user, room),
+            (true, MemberOp::Leave) => self.unindex(user, room),
+            (false, _) => {}
+        }
+        changed
+    }
+
     fn index(&mut self, user: &UserId, room: &RoomId) {
         self.by_room
             .entry(room.clone())
@@ -137,9 +202,17 @@ impl Inner {
 }
 
 /// Connected users of this gateway.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Registry {
     inner: Arc<Mutex<Inner>>,
+    /// Most changes one starting session's watch keeps.
+    watch_limit: usize,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new(MAX_WATCHED_CHANGES)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -150,9 +223,37 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Registry {
+    /// An empty registry whose starting sessions' watches keep at most
+    /// `watch_limit` changes each.
+    pub fn new(watch_limit: usize) -> Self {
+        Self {
+            inner: Arc::default(),
+            watch_limit,
+        }
+    }
+
+    /// Starts recording `user`'s membership changes: take it before reading
+    /// the user's rooms, pass it to [`Registry::add`].
+    pub fn watch_changes(&self, user: &UserId) -> ChangeWatch {
+        let mut inner = lock(&self.inner);
+        inner.next_watch += 1;
+        let id = inner.next_watch;
+        inner
+            .watches
+            .entry(user.clone())
+            .or_default()
+            .insert(id, Watch::default());
+        ChangeWatch {
+            registry: self.clone(),
+            user: user.clone(),
+            id,
+        }
+    }
+
     /// Adds a session unless the user already has `max_sessions` here;
     /// returns true when it is the user's first session on this gateway.
-    /// From now on deliveries reach it.
+    /// Its `rooms` (read after `watch` began) are updated with the changes
+    /// `watch` recorded, in order. From now on deliveries reach it.
     pub fn add(
         &self,
         user: &UserId,
@@ -160,20 +261,41 @@ impl Registry {
         handle: SessionHandle,
         rooms: Vec<RoomId>,
         max_sessions: usize,
-    ) -> Result<bool, TooManySessions> {
+        watch: ChangeWatch,
+    ) -> Result<bool, AddError> {
+        let added = self.add_watched(user, id, handle, rooms, max_sessions, watch.id);
+        // Only now, with the lock released: its drop takes the lock.
+        drop(watch);
+        added
+    }
+
+    fn add_watched(
+        &self,
+        user: &UserId,
+        id: SessionId,
+        handle: SessionHandle,
+        rooms: Vec<RoomId>,
+        max_sessions: usize,
+        watch: u64,
+    ) -> Result<bool, AddError> {
         let mut inner = lock(&self.inner);
+        let changes = inner.take_watch(user, watch).unwrap_or_default();
+        if changes.overflowed {
+            return Err(AddError::MissedChanges);
+        }
         let entry = inner.users.entry(user.clone()).or_default();
         if entry.sessions.len() >= max_sessions {
-            return Err(TooManySessions(entry.sessions.len()));
+            return Err(AddError::TooManySessions(entry.sessions.len()));
         }
         let first = entry.sessions.is_empty();
         entry.sessions.insert(id, handle);
-        let new: Vec<RoomId> = rooms
-            .into_iter()
-            .filter(|r| entry.rooms.insert(r.clone()))
-            .collect();
-        for room in &new {
-            inner.index(user, room);
+        for room in rooms {
+            inner.apply(user, &room, MemberOp::Join);
+        }
+        // A change may already be in what was read, or newer than it;
+        // applied in order, the later events of the stream settle it.
+        for (room, op) in &changes.changes {
+            inner.apply(user, room, *op);
         }
         Ok(first)
     }
@@ -248,30 +370,29 @@ impl Registry {
         (page, it.next().is_some())
     }
 
-    /// Records a membership change of a connected user; on a leave, the
-    /// user's sessions forget the room.
+    /// Records a membership change of a connected user (and in the watches
+    /// of the user's sessions still starting); on a leave, the user's
+    /// sessions forget the room.
     pub fn set_member(&self, user: &UserId, room: &RoomId, op: MemberOp) {
         let sessions: Vec<SessionHandle> = {
             let mut inner = lock(&self.inner);
-            let Some(e) = inner.users.get_mut(user) else {
-                return;
-            };
-            match op {
-                MemberOp::Join => {
-                    if e.rooms.insert(room.clone()) {
-                        inner.index(user, room);
+            if let Some(watches) = inner.watches.get_mut(user) {
+                for w in watches.values_mut() {
+                    if w.changes.len() < self.watch_limit {
+                        w.changes.push((room.clone(), op));
+                    } else {
+                        w.overflowed = true;
                     }
-                    return;
-                }
-                MemberOp::Leave => {
-                    if !e.rooms.remove(room) {
-                        return;
-                    }
-                    let sessions = e.sessions.values().cloned().collect();
-                    inner.unindex(user, room);
-                    sessions
                 }
             }
+            if !inner.apply(user, room, op) || op == MemberOp::Join {
+                return;
+            }
+            inner
+                .users
+                .get(user)
+                .map(|e| e.sessions.values().cloned().collect())
+                .unwrap_or_default()
         };
         for s in sessions {
             s.push_out(Out::Forget(room.clone()));

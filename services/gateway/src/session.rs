@@ -20,7 +20,7 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, Utf8Bytes};
 
 use crate::hello::Refusal;
-use crate::registry::SessionHandle;
+use crate::registry::{AddError, SessionHandle};
 use crate::state::AppState;
 use crate::upgrade::{Socket, linger};
 
@@ -151,6 +151,9 @@ pub async fn run(st: AppState, socket: Socket, _slot: Option<OwnedSemaphorePermi
             Box::pin(refuse(sink, stream, too_many(cap))).await;
             return;
         }
+        // Membership changes delivered while the rooms are read are kept
+        // for `add`, which knows only registered users otherwise.
+        let watch = st.registry.watch_changes(&user);
         let (rooms, mut start) =
             match Box::pin(crate::start::prepare(&st, &user, hello.resume)).await {
                 Ok(ok) => ok,
@@ -177,12 +180,21 @@ pub async fn run(st: AppState, socket: Socket, _slot: Option<OwnedSemaphorePermi
         // writes `welcome` before any of them.
         match st
             .registry
-            .add(&user, session_id, handle.clone(), rooms, cap)
+            .add(&user, session_id, handle.clone(), rooms, cap, watch)
         {
             Ok(true) => Box::pin(st.presence.connect(&user)).await,
             Ok(false) => {}
-            Err(_) => {
+            Err(AddError::TooManySessions(_)) => {
                 Box::pin(refuse(sink, stream, too_many(cap))).await;
+                return;
+            }
+            Err(AddError::MissedChanges) => {
+                let refusal = Refusal::with_error(
+                    close::INTERNAL,
+                    ErrorCode::Unavailable,
+                    "rooms changed while connecting, retry".into(),
+                );
+                Box::pin(refuse(sink, stream, refusal)).await;
                 return;
             }
         }

@@ -28,14 +28,28 @@ fn a_user_gets_at_most_the_configured_sessions() {
     let (user, room) = ids("a");
     for id in 0..2 {
         let (h, _rx) = handle(4);
-        assert_eq!(reg.add(&user, id, h, vec![room.clone()], 2), Ok(id == 0));
+        assert_eq!(
+            reg.add(
+                &user,
+                id,
+                h,
+                vec![room.clone()],
+                2,
+                reg.watch_changes(&user)
+            ),
+            Ok(id == 0)
+        );
     }
     let (h, _rx) = handle(4);
-    assert_eq!(reg.add(&user, 9, h, vec![], 2), Err(TooManySessions(2)));
+    assert_eq!(
+        reg.add(&user, 9, h, vec![], 2, reg.watch_changes(&user)),
+        Err(AddError::TooManySessions(2))
+    );
     assert!(!reg.remove(&user, 0), "session 1 is still there");
     let (h, _rx) = handle(4);
     assert!(
-        reg.add(&user, 9, h, vec![], 2).is_ok(),
+        reg.add(&user, 9, h, vec![], 2, reg.watch_changes(&user))
+            .is_ok(),
         "a freed place is reusable"
     );
 }
@@ -46,7 +60,8 @@ fn heads_are_dropped_at_a_half_full_queue_and_never_close_the_session() {
     let (user, room) = ids("b");
     let (h, _rx) = handle(4);
     let (kill, tx) = (h.kill.clone(), h.tx.clone());
-    reg.add(&user, 1, h, vec![room.clone()], 4).expect("added");
+    reg.add(&user, 1, h, vec![room.clone()], 4, reg.watch_changes(&user))
+        .expect("added");
     let head = Head {
         room,
         seq: 3,
@@ -71,7 +86,8 @@ fn rooms_are_paged_by_id() {
         .map(|r| RoomId::parse(*r).expect("room"))
         .collect();
     let (h, _rx) = handle(4);
-    reg.add(&user, 1, h, rooms.clone(), 4).expect("added");
+    reg.add(&user, 1, h, rooms.clone(), 4, reg.watch_changes(&user))
+        .expect("added");
     let (first, more) = reg.rooms_page(&user, None, 2);
     assert_eq!((first.len(), more), (2, true));
     assert_eq!(first[0].as_str(), "r1");
@@ -85,7 +101,8 @@ fn a_delivery_whose_fields_do_not_match_its_kind_is_refused() {
     let reg = Registry::default();
     let (user, room) = ids("d");
     let (h, mut rx) = handle(8);
-    reg.add(&user, 1, h, vec![room.clone()], 4).expect("added");
+    reg.add(&user, 1, h, vec![room.clone()], 4, reg.watch_changes(&user))
+        .expect("added");
     let d = Delivery {
         v: 1,
         kind: DeliveryKind::Presence,
@@ -142,7 +159,8 @@ fn room_wide_deliveries_reach_the_rooms_connected_members_and_a_leaver() {
     .enumerate()
     {
         let (h, r) = handle(16);
-        reg.add(user, i as u64, h, rooms, 4).expect("added");
+        reg.add(user, i as u64, h, rooms, 4, reg.watch_changes(user))
+            .expect("added");
         rx.push(r);
     }
     let msg = |seq| delivery(DeliveryKind::Msg, &room, seq, vec![]);
@@ -165,4 +183,68 @@ fn room_wide_deliveries_reach_the_rooms_connected_members_and_a_leaver() {
     assert!(reg.remove(&dave, 3));
     assert_eq!(reg.members_of(&room), 0, "the room's entry is gone");
     assert_eq!(reg.deliver(msg(4)), Ok(0));
+}
+
+#[test]
+fn changes_while_a_session_starts_are_applied_when_it_is_added() {
+    let reg = Registry::default();
+    let (user, left) = ids("e");
+    let (_, joined) = ids("f");
+    let watch = reg.watch_changes(&user);
+    // Delivered while the rooms were being read (the user is not
+    // registered yet): a leave of a room the read still lists, and a join
+    // it does not.
+    reg.set_member(&user, &left, MemberOp::Leave);
+    reg.set_member(&user, &joined, MemberOp::Join);
+    let (h, _rx) = handle(4);
+    reg.add(&user, 1, h, vec![left.clone()], 4, watch)
+        .expect("added");
+    assert!(!reg.is_member(&user, &left), "the leave is not lost");
+    assert!(reg.is_member(&user, &joined), "the join is not lost");
+    assert_eq!(reg.members_of(&left), 0);
+    assert_eq!(reg.members_of(&joined), 1);
+    // Without a watch (as before), a change to an unregistered user is
+    // dropped; and a dropped watch records nothing more.
+    let (other, _) = ids("g");
+    drop(reg.watch_changes(&other));
+    reg.set_member(&other, &joined, MemberOp::Join);
+    let (h, _rx) = handle(4);
+    reg.add(&other, 2, h, vec![], 4, reg.watch_changes(&other))
+        .expect("added");
+    assert!(!reg.is_member(&other, &joined));
+}
+
+#[test]
+fn a_watch_that_overflows_makes_the_session_start_again() {
+    let reg = Registry::default();
+    let (user, _) = ids("h");
+    let (early, _) = ids("i");
+    let watch = reg.watch_changes(&early);
+    for i in 0..MAX_WATCHED_CHANGES {
+        let room = RoomId::parse(format!("r{i}")).expect("room");
+        reg.set_member(&early, &room, MemberOp::Join);
+    }
+    let (h, _rx) = handle(4);
+    assert_eq!(
+        reg.add(&early, 9, h, vec![], 4, watch),
+        Ok(true),
+        "exactly the limit is kept"
+    );
+    let watch = reg.watch_changes(&user);
+    for i in 0..=MAX_WATCHED_CHANGES {
+        let room = RoomId::parse(format!("r{i}")).expect("room");
+        reg.set_member(&user, &room, MemberOp::Join);
+    }
+    let (h, _rx) = handle(4);
+    assert_eq!(
+        reg.add(&user, 1, h, vec![], 4, watch),
+        Err(AddError::MissedChanges)
+    );
+    assert_eq!(reg.sessions_of(&user), 0, "not registered");
+    let (h, _rx) = handle(4);
+    let watch = reg.watch_changes(&user);
+    assert!(
+        reg.add(&user, 2, h, vec![], 4, watch).is_ok(),
+        "a new start works"
+    );
 }
