@@ -53,6 +53,7 @@ fn forbidden(role: Role) -> (Vec<&'static str>, Vec<&'static str>) {
         Role::Gateway => (
             vec![
                 "gw.g1.deliver",
+                "rooms.deliver",
                 "chat.room.r1.member",
                 "presence.user.u1",
                 "$KV.chat_presence.u1.g1",
@@ -80,6 +81,7 @@ fn forbidden(role: Role) -> (Vec<&'static str>, Vec<&'static str>) {
             ],
             vec![
                 "gw.*.deliver",
+                "rooms.deliver",
                 "svc.history.>",
                 "_INBOX.gateway.>",
                 "chat.room.>",
@@ -89,10 +91,17 @@ fn forbidden(role: Role) -> (Vec<&'static str>, Vec<&'static str>) {
             vec![
                 "chat.room.r1.msg",
                 "gw.g1.deliver",
+                "rooms.deliver",
                 "presence.user.u1",
                 "$JS.API.STREAM.PURGE.CHAT_ROOMS",
             ],
-            vec!["gw.*.deliver", "presence.in.*", "_INBOX.>", "chat.room.>"],
+            vec![
+                "gw.*.deliver",
+                "rooms.deliver",
+                "presence.in.*",
+                "_INBOX.>",
+                "chat.room.>",
+            ],
         ),
         Role::Presence => (
             vec![
@@ -101,7 +110,12 @@ fn forbidden(role: Role) -> (Vec<&'static str>, Vec<&'static str>) {
                 "svc.history.room.join",
                 "$JS.API.STREAM.DELETE.KV_chat_presence",
             ],
-            vec!["svc.history.>", "gw.*.deliver", "chat.room.>"],
+            vec![
+                "svc.history.>",
+                "gw.*.deliver",
+                "rooms.deliver",
+                "chat.room.>",
+            ],
         ),
         Role::Auth => (
             vec![
@@ -110,7 +124,12 @@ fn forbidden(role: Role) -> (Vec<&'static str>, Vec<&'static str>) {
                 "presence.in.g1",
                 "$KV.chat_presence.u1.g1",
             ],
-            vec!["chat.room.>", "gw.*.deliver", "presence.in.*"],
+            vec![
+                "chat.room.>",
+                "gw.*.deliver",
+                "rooms.deliver",
+                "presence.in.*",
+            ],
         ),
         Role::Admin => (vec![], vec![]),
     }

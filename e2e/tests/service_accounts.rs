@@ -275,10 +275,14 @@ async fn a_service_account_reads_its_granted_rooms_over_nats_and_nothing_else() 
         .await
         .expect("queued");
     violation(&mut errors, &format!("chat.room.{b}.>")).await;
+    // Large rooms' room-wide deliveries are for gateways only.
+    let _room_wide = bot.subscribe("rooms.deliver").await.expect("queued");
+    violation(&mut errors, "rooms.deliver").await;
     for subject in [
         format!("chat.room.{a}.msg"),
         format!("chat.room.{b}.msg"),
         "gw.g1.deliver".to_string(),
+        "rooms.deliver".to_string(),
     ] {
         bot.publish(subject.clone(), "x".into())
             .await
