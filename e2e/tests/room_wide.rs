@@ -20,6 +20,10 @@ async fn connect(d: &Deployment, gw: usize, name: &str) -> (WsClient, String) {
     (c, l.user_id)
 }
 
+fn is_member_event(v: &Value, op: &str, user: &str) -> bool {
+    v["type"] == "event" && v["kind"] == "member" && v["op"] == op && v["user"] == user
+}
+
 fn is_msg(v: &Value, room: &str, text: &str) -> bool {
     v["type"] == "event" && v["kind"] == "msg" && v["room"] == room && v["text"] == text
 }
@@ -78,14 +82,9 @@ async fn a_large_rooms_events_reach_exactly_its_connected_members_on_every_gatew
     bob.send_json(&json!({"type": "room.leave", "id": "leave", "room": &room}))
         .await
         .expect("leave");
-    bob.recv_where(|v| {
-        v["type"] == "event"
-            && v["kind"] == "member"
-            && v["op"] == "leave"
-            && v["user"] == bob_id.as_str()
-    })
-    .await
-    .expect("the leaver gets its own leave");
+    bob.recv_where(|v| is_member_event(v, "leave", &bob_id))
+        .await
+        .expect("the leaver gets its own leave");
     send(&mut alice, &room, "m2", "two").await.expect("send");
     alice
         .recv_where(|v| is_msg(v, &room, "two"))
@@ -93,14 +92,9 @@ async fn a_large_rooms_events_reach_exactly_its_connected_members_on_every_gatew
         .expect("alice gets two");
 
     join_room(&mut dave, &room).await.expect("dave joins");
-    dave.recv_where(|v| {
-        v["type"] == "event"
-            && v["kind"] == "member"
-            && v["op"] == "join"
-            && v["user"] == dave_id.as_str()
-    })
-    .await
-    .expect("the joiner gets its own join");
+    dave.recv_where(|v| is_member_event(v, "join", &dave_id))
+        .await
+        .expect("the joiner gets its own join");
     send(&mut alice, &room, "m3", "three").await.expect("send");
     dave.recv_where(|v| is_msg(v, &room, "three"))
         .await

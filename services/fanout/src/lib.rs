@@ -72,22 +72,8 @@ impl Fanout {
     /// sent before it.
     async fn publish(&self, out: Vec<(GatewayId, Delivery)>) -> Result<(), PublishError> {
         for (gw, delivery) in out {
-            let subject = names::gateway_deliver(&gw);
-            let body = match serde_json::to_vec(&delivery) {
-                Ok(b) => b,
-                Err(e) => {
-                    return Err(PublishError {
-                        subject,
-                        reason: e.to_string(),
-                    });
-                }
-            };
-            if let Err(e) = self.client.publish(subject.clone(), body.into()).await {
-                return Err(PublishError {
-                    subject,
-                    reason: e.to_string(),
-                });
-            }
+            self.publish_on(names::gateway_deliver(&gw), &delivery)
+                .await?;
             metrics::counter!("chat_fanout_deliveries_total").increment(1);
         }
         Ok(())
@@ -96,17 +82,29 @@ impl Fanout {
     /// Publishes a room-wide delivery once, on `rooms.deliver`, for every
     /// gateway.
     async fn publish_room_wide(&self, delivery: Delivery) -> Result<(), PublishError> {
-        let failed = |reason: String| PublishError {
-            subject: names::ROOM_DELIVER.into(),
-            reason,
-        };
-        let body = serde_json::to_vec(&delivery).map_err(|e| failed(e.to_string()))?;
-        self.client
-            .publish(names::ROOM_DELIVER, body.into())
-            .await
-            .map_err(|e| failed(e.to_string()))?;
+        self.publish_on(names::ROOM_DELIVER.to_string(), &delivery)
+            .await?;
         metrics::counter!("chat_fanout_room_wide_deliveries_total").increment(1);
         Ok(())
+    }
+
+    async fn publish_on(&self, subject: String, delivery: &Delivery) -> Result<(), PublishError> {
+        let body = match serde_json::to_vec(delivery) {
+            Ok(b) => b,
+            Err(e) => {
+                return Err(PublishError {
+                    subject,
+                    reason: e.to_string(),
+                });
+            }
+        };
+        self.client
+            .publish(subject.clone(), body.into())
+            .await
+            .map_err(|e| PublishError {
+                subject,
+                reason: e.to_string(),
+            })
     }
 }
 

@@ -28,6 +28,20 @@ impl Context {
         }
     }
 
+    /// The delivery of `frame` to `users` in this context.
+    fn delivery(&self, frame: &str, users: Vec<UserId>, to_room: bool) -> Delivery {
+        Delivery {
+            v: SCHEMA_VERSION,
+            kind: self.kind,
+            users,
+            frame: frame.to_string(),
+            room: self.room.clone(),
+            seq: self.seq,
+            membership: self.membership.clone(),
+            to_room,
+        }
+    }
+
     /// A room event: a message, or (with `membership`) a membership change.
     pub fn event(room: &RoomId, seq: u64, membership: Option<MembershipChange>) -> Self {
         Self {
@@ -59,17 +73,7 @@ pub fn deliveries(
         .into_iter()
         .map(|(gw, mut users)| {
             users.sort();
-            let delivery = Delivery {
-                v: SCHEMA_VERSION,
-                kind: ctx.kind,
-                users,
-                frame: frame.to_string(),
-                room: ctx.room.clone(),
-                seq: ctx.seq,
-                membership: ctx.membership.clone(),
-                to_room: false,
-            };
-            (gw, delivery)
+            (gw, ctx.delivery(frame, users, false))
         })
         .collect()
 }
@@ -78,20 +82,12 @@ pub fn deliveries(
 /// room's members connected there, plus the user of a membership change
 /// (a leaver is no member any more but receives its own leave).
 pub fn room_wide(frame: &str, ctx: &Context) -> Delivery {
-    Delivery {
-        v: SCHEMA_VERSION,
-        kind: ctx.kind,
-        users: ctx
-            .membership
-            .as_ref()
-            .map(|c| vec![c.user.clone()])
-            .unwrap_or_default(),
-        frame: frame.to_string(),
-        room: ctx.room.clone(),
-        seq: ctx.seq,
-        membership: ctx.membership.clone(),
-        to_room: true,
-    }
+    let users = ctx
+        .membership
+        .as_ref()
+        .map(|c| vec![c.user.clone()])
+        .unwrap_or_default();
+    ctx.delivery(frame, users, true)
 }
 
 #[cfg(test)]

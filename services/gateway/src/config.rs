@@ -270,7 +270,6 @@ mod tests {
             ("CHAT_GATEWAY_WELCOME_ROOMS", "1001"),
             ("CHAT_GATEWAY_WELCOME_ROOMS", "0"),
             ("CHAT_GATEWAY_MAX_CONNECTIONS_PER_USER", "0"),
-            ("CHAT_GATEWAY_MAX_CHANGES_WHILE_CONNECTING", "0"),
         ] {
             let err = Config::from_source(&MapSource::new().with(key, value))
                 .err()
@@ -287,42 +286,56 @@ mod tests {
         assert!(err.is_some_and(|e| e.contains("CHAT_GATEWAY_ID")));
     }
 
-    #[test]
-    fn the_read_buffer_has_a_floor() {
-        let ok = MapSource::new().with("CHAT_GATEWAY_READ_BUFFER_BYTES", "256");
-        let c = Config::from_source(&ok).expect("256 is the floor");
-        assert_eq!(c.limits.read_buffer_bytes, 256);
-        let low = MapSource::new().with("CHAT_GATEWAY_READ_BUFFER_BYTES", "255");
-        let err = Config::from_source(&low).expect_err("below the floor");
-        assert!(
-            err.to_string().contains("CHAT_GATEWAY_READ_BUFFER_BYTES"),
-            "{err}"
-        );
+    /// `key` accepts `ok` (read back by `get` as `want`) and refuses `bad`
+    /// with an error naming it.
+    fn edge<T: PartialEq + std::fmt::Debug>(
+        key: &str,
+        ok: &str,
+        get: fn(&Config) -> T,
+        want: T,
+        bad: &str,
+    ) {
+        let c = Config::from_source(&MapSource::new().with(key, ok))
+            .unwrap_or_else(|e| panic!("{key}={ok}: {e}"));
+        assert_eq!(get(&c), want, "{key}={ok}");
+        let err = Config::from_source(&MapSource::new().with(key, bad))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains(key), "{key}={bad}: {err:?}");
     }
 
     #[test]
-    fn the_write_buffer_may_be_zero_but_must_be_a_size() {
-        let zero = MapSource::new().with("CHAT_GATEWAY_WRITE_BUFFER_BYTES", "0");
-        let c = Config::from_source(&zero).expect("0 writes each frame");
-        assert_eq!(c.limits.write_buffer_bytes, 0);
-        let bad = MapSource::new().with("CHAT_GATEWAY_WRITE_BUFFER_BYTES", "-1");
-        let err = Config::from_source(&bad).expect_err("not a size");
-        assert!(
-            err.to_string().contains("CHAT_GATEWAY_WRITE_BUFFER_BYTES"),
-            "{err}"
+    fn limits_are_checked_at_their_edges() {
+        edge(
+            "CHAT_GATEWAY_READ_BUFFER_BYTES",
+            "256",
+            |c| c.limits.read_buffer_bytes,
+            256,
+            "255",
         );
-    }
-
-    #[test]
-    fn sends_in_flight_are_at_least_one() {
-        let one = MapSource::new().with("CHAT_GATEWAY_MAX_SENDS_IN_FLIGHT", "1");
-        let c = Config::from_source(&one).expect("1 is the edge");
-        assert_eq!(c.limits.max_sends_in_flight, 1);
-        let zero = MapSource::new().with("CHAT_GATEWAY_MAX_SENDS_IN_FLIGHT", "0");
-        let err = Config::from_source(&zero).expect_err("0 would refuse every send");
-        assert!(
-            err.to_string().contains("CHAT_GATEWAY_MAX_SENDS_IN_FLIGHT"),
-            "{err}"
+        // 0 writes each frame at once; a negative size is no size.
+        edge(
+            "CHAT_GATEWAY_WRITE_BUFFER_BYTES",
+            "0",
+            |c| c.limits.write_buffer_bytes,
+            0,
+            "-1",
+        );
+        // 0 would refuse every send.
+        edge(
+            "CHAT_GATEWAY_MAX_SENDS_IN_FLIGHT",
+            "1",
+            |c| c.limits.max_sends_in_flight,
+            1,
+            "0",
+        );
+        edge(
+            "CHAT_GATEWAY_MAX_CHANGES_WHILE_CONNECTING",
+            "1",
+            |c| c.limits.max_changes_while_connecting,
+            1,
+            "0",
         );
     }
 }

@@ -136,13 +136,15 @@ struct Watch {
 pub struct ChangeWatch {
     registry: Registry,
     user: UserId,
-    id: u64,
+    /// None once `add` has taken it.
+    id: Option<u64>,
 }
 
 impl Drop for ChangeWatch {
     fn drop(&mut self) {
-        let mut inner = lock(&self.registry.inner);
-        inner.take_watch(&self.user, self.id);
+        if let Some(id) = self.id {
+            lock(&self.registry.inner).take_watch(&self.user, id);
+        }
     }
 }
 
@@ -246,7 +248,7 @@ impl Registry {
         ChangeWatch {
             registry: self.clone(),
             user: user.clone(),
-            id,
+            id: Some(id),
         }
     }
 
@@ -261,25 +263,16 @@ impl Registry {
         handle: SessionHandle,
         rooms: Vec<RoomId>,
         max_sessions: usize,
-        watch: ChangeWatch,
-    ) -> Result<bool, AddError> {
-        let added = self.add_watched(user, id, handle, rooms, max_sessions, watch.id);
-        // Only now, with the lock released: its drop takes the lock.
-        drop(watch);
-        added
-    }
-
-    fn add_watched(
-        &self,
-        user: &UserId,
-        id: SessionId,
-        handle: SessionHandle,
-        rooms: Vec<RoomId>,
-        max_sessions: usize,
-        watch: u64,
+        mut watch: ChangeWatch,
     ) -> Result<bool, AddError> {
         let mut inner = lock(&self.inner);
-        let changes = inner.take_watch(user, watch).unwrap_or_default();
+        // Taken here, under the same lock as the registration: no change
+        // can fall between the two (and the watch's drop has nothing left).
+        let changes = watch
+            .id
+            .take()
+            .and_then(|id| inner.take_watch(user, id))
+            .unwrap_or_default();
         if changes.overflowed {
             return Err(AddError::MissedChanges);
         }
