@@ -62,6 +62,8 @@ fn forbidden(role: Role) -> (Vec<&'static str>, Vec<&'static str>) {
                 "$JS.API.STREAM.DELETE.CHAT_ROOMS",
                 "$JS.API.STREAM.PURGE.CHAT_ROOMS",
                 "$JS.API.CONSUMER.CREATE.CHAT_ROOMS.x",
+                "$JS.API.CONSUMER.UNPIN.CHAT_ROOMS.fanout-p0",
+                "$KV.chat_workers.fanout.f1",
             ],
             vec![
                 "chat.room.>",
@@ -78,6 +80,12 @@ fn forbidden(role: Role) -> (Vec<&'static str>, Vec<&'static str>) {
                 "svc.history.room.join",
                 "$JS.API.STREAM.DELETE.CHAT_ROOMS",
                 "$KV.chat_presence.u1.g1",
+                // Another service's partitions and worker entries.
+                "$JS.API.CONSUMER.MSG.NEXT.CHAT_ROOMS.history-p0",
+                "$JS.API.CONSUMER.UNPIN.CHAT_ROOMS.history-p3",
+                "$JS.API.CONSUMER.DELETE.CHAT_ROOMS.history",
+                "$JS.API.CONSUMER.MSG.NEXT.CHAT_ROOMS.fanout-p32",
+                "$KV.chat_workers.history.h1",
             ],
             vec![
                 "gw.*.deliver",
@@ -94,6 +102,9 @@ fn forbidden(role: Role) -> (Vec<&'static str>, Vec<&'static str>) {
                 "rooms.deliver",
                 "presence.user.u1",
                 "$JS.API.STREAM.PURGE.CHAT_ROOMS",
+                "$JS.API.CONSUMER.MSG.NEXT.CHAT_ROOMS.fanout-p0",
+                "$JS.API.CONSUMER.DELETE.CHAT_ROOMS.fanout-p1",
+                "$KV.chat_workers.fanout.f1",
             ],
             vec![
                 "gw.*.deliver",

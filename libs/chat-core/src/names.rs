@@ -12,10 +12,22 @@ pub const ROOM_SUBJECT_ALL: &str = "chat.room.>";
 pub const ROOM_MSG_ALL: &str = "chat.room.*.msg";
 /// JetStream stream holding every room event, in room-sequence order per room.
 pub const ROOM_STREAM: &str = "CHAT_ROOMS";
-/// Durable consumer of the history service on [`ROOM_STREAM`].
+/// Durable consumers of the history service on [`ROOM_STREAM`]: one per
+/// partition, `history-p<n>` (see [`partition_durable`]). The bare name is
+/// the unpartitioned consumer of earlier versions, removed at setup.
 pub const HISTORY_DURABLE: &str = "history";
-/// Durable consumer of the fanout service on [`ROOM_STREAM`].
+/// Durable consumers of the fanout service: `fanout-p<n>`, as for history.
 pub const FANOUT_DURABLE: &str = "fanout";
+/// What the room stream's subject transform applies to: a room event as
+/// published, `chat.room.<room_id>.<kind>`.
+pub const ROOM_SUBJECT_PUBLISHED: &str = "chat.room.*.*";
+/// Most partitions the room stream may have (permissions name each one).
+pub const MAX_ROOM_PARTITIONS: u16 = 32;
+/// The priority group every partition consumer pins one client of.
+pub const PARTITION_GROUP: &str = "owner";
+/// KV bucket where instances of partitioned services announce themselves
+/// (`<service>.<instance>`, expiring unless renewed).
+pub const WORKERS_BUCKET: &str = "chat_workers";
 
 /// Kinds of room event; the last token of a room event subject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -56,12 +68,56 @@ pub fn room_filter(room: &RoomId) -> String {
     format!("{ROOM_SUBJECT_PREFIX}.{room}.>")
 }
 
-/// Splits `chat.room.<room_id>.<kind>` into its parts.
+/// The room stream's subject transform: it stores `chat.room.<room>.<kind>`
+/// as `chat.room.<room>.<kind>.<partition>`, the partition a hash of the
+/// room id, computed by nats-server (ADR 0009).
+pub fn room_partition_transform(partitions: u16) -> String {
+    format!(
+        "{ROOM_SUBJECT_PREFIX}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.{{{{partition({partitions},1)}}}}"
+    )
+}
+
+/// The partition count in a transform made by [`room_partition_transform`].
+pub fn parse_room_partition_transform(destination: &str) -> Option<u16> {
+    let rest = destination.split("{{partition(").nth(1)?;
+    let (n, _) = rest.split_once(',')?;
+    n.trim()
+        .parse()
+        .ok()
+        .filter(|n| (1..=MAX_ROOM_PARTITIONS).contains(n))
+}
+
+/// `chat.room.<room_id>.<kind>.*`: the stored events of one kind of one room
+/// (whatever partition the stream put them in), for stream reads.
+pub fn stored_room_filter(room: &RoomId, kind: EventKind) -> String {
+    format!("{ROOM_SUBJECT_PREFIX}.{room}.{}.*", kind.as_str())
+}
+
+/// The stored events of one partition: `chat.room.*.*.<n>`, or only one kind.
+pub fn partition_filter(partition: u16, kind: Option<EventKind>) -> String {
+    let kind = kind.map_or("*", EventKind::as_str);
+    format!("{ROOM_SUBJECT_PREFIX}.*.{kind}.{partition}")
+}
+
+/// The durable consumer of partition `n` for a service: `<base>-p<n>`.
+pub fn partition_durable(base: &str, partition: u16) -> String {
+    format!("{base}-p{partition}")
+}
+
+/// Splits a room event subject, as published (`chat.room.<room_id>.<kind>`)
+/// or as stored (with the partition token after it), into room and kind.
 pub fn parse_room_subject(subject: &str) -> Option<(RoomId, EventKind)> {
     let rest = subject
         .strip_prefix(ROOM_SUBJECT_PREFIX)?
         .strip_prefix('.')?;
-    let (room, kind) = rest.split_once('.')?;
+    let (room, rest) = rest.split_once('.')?;
+    let kind = match rest.split_once('.') {
+        Some((kind, partition)) => {
+            partition.parse::<u16>().ok()?;
+            kind
+        }
+        None => rest,
+    };
     Some((RoomId::parse(room).ok()?, EventKind::parse(kind)?))
 }
 
@@ -200,6 +256,37 @@ mod tests {
         assert_eq!(room_filter(&room), "chat.room.r1.>");
         assert_eq!(parse_room_subject("chat.room.r1.bogus"), None);
         assert_eq!(parse_room_subject("chat.rooms.r1.msg"), None);
+        assert_eq!(
+            parse_room_subject("chat.room.r1.msg.7"),
+            Some((room.clone(), EventKind::Msg))
+        );
+        assert_eq!(parse_room_subject("chat.room.r1.msg.x"), None);
+        assert_eq!(parse_room_subject("chat.room.r1.msg.7.8"), None);
+        assert_eq!(
+            stored_room_filter(&room, EventKind::Msg),
+            "chat.room.r1.msg.*"
+        );
+    }
+
+    #[test]
+    fn partition_names() {
+        let t = room_partition_transform(16);
+        assert_eq!(
+            t,
+            "chat.room.{{wildcard(1)}}.{{wildcard(2)}}.{{partition(16,1)}}"
+        );
+        assert_eq!(parse_room_partition_transform(&t), Some(16));
+        assert_eq!(parse_room_partition_transform("chat.room.>"), None);
+        assert_eq!(
+            parse_room_partition_transform(&room_partition_transform(MAX_ROOM_PARTITIONS + 1)),
+            None
+        );
+        assert_eq!(partition_filter(3, None), "chat.room.*.*.3");
+        assert_eq!(
+            partition_filter(0, Some(EventKind::Msg)),
+            "chat.room.*.msg.0"
+        );
+        assert_eq!(partition_durable(FANOUT_DURABLE, 12), "fanout-p12");
     }
 
     #[test]

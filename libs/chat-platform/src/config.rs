@@ -341,6 +341,15 @@ pub struct Common {
     /// message without a read (default 100000). Beyond it, idle rooms'
     /// positions are dropped and re-read on their next message.
     pub room_tail_cache: usize,
+    /// `CHAT_ROOM_PARTITIONS`: partitions of the room stream, used when a
+    /// service creates it (default 16, 1 to 32; ADR 0009). Consumers follow
+    /// the stream's own setting, so changing this later changes nothing.
+    pub room_partitions: u16,
+    /// `CHAT_WORKER_HEARTBEAT_MS`: how often an instance of a partitioned
+    /// service (fanout, history) renews its entry in `chat_workers`
+    /// (default 2000); an entry not renewed for three heartbeats expires and
+    /// its partitions move to the other instances.
+    pub worker_heartbeat: std::time::Duration,
 }
 
 /// A NATS user name and password.
@@ -403,6 +412,28 @@ impl Common {
                 reason: "JetStream allows at most 5 replicas".into(),
             });
         }
+        let room_partitions = s.at_least("CHAT_ROOM_PARTITIONS", 16u16, 1)?;
+        if room_partitions > chat_core::names::MAX_ROOM_PARTITIONS {
+            return Err(ConfigError::Invalid {
+                key: "CHAT_ROOM_PARTITIONS".into(),
+                value: room_partitions.to_string(),
+                reason: format!(
+                    "at most {} partitions (each is named in the NATS permissions)",
+                    chat_core::names::MAX_ROOM_PARTITIONS
+                ),
+            });
+        }
+        let worker_heartbeat = s.millis(
+            "CHAT_WORKER_HEARTBEAT_MS",
+            std::time::Duration::from_millis(2000),
+        )?;
+        if worker_heartbeat < std::time::Duration::from_millis(100) {
+            return Err(ConfigError::Invalid {
+                key: "CHAT_WORKER_HEARTBEAT_MS".into(),
+                value: worker_heartbeat.as_millis().to_string(),
+                reason: "at least 100".into(),
+            });
+        }
         Ok(Self {
             nats_url: s.string("CHAT_NATS_URL", "nats://127.0.0.1:4222"),
             nats_creds: s.raw("CHAT_NATS_CREDS").map(PathBuf::from),
@@ -414,6 +445,8 @@ impl Common {
                 std::time::Duration::from_secs(120),
             )?,
             room_tail_cache: s.at_least("CHAT_ROOM_TAIL_CACHE", 100_000usize, 1)?,
+            room_partitions,
+            worker_heartbeat,
         })
     }
 }

@@ -93,6 +93,23 @@ impl Role {
             ]
         };
         let kv_watch = watch(&kv);
+        // One pinned durable per partition (ADR 0009), its unpin, the
+        // removal of the unpartitioned durable of earlier versions, and the
+        // instances' bucket.
+        let partitioned = |base: &str| {
+            let mut p = vec![format!("$JS.API.CONSUMER.DELETE.{room}.{base}")];
+            for n in 0..names::MAX_ROOM_PARTITIONS {
+                let d = names::partition_durable(base, n);
+                p.extend(durable(room, &d));
+                p.push(format!("$JS.API.CONSUMER.UNPIN.{room}.{d}"));
+                p.push(format!("$JS.API.CONSUMER.PAUSE.{room}.{d}"));
+            }
+            let workers = format!("KV_{}", names::WORKERS_BUCKET);
+            p.push(format!("$KV.{}.{base}.*", names::WORKERS_BUCKET));
+            p.extend(stream_setup(&workers));
+            p.extend(watch(&workers));
+            p
+        };
         let (publish, subscribe): (Vec<String>, Vec<String>) = match self {
             Role::Admin => (vec![">".into()], vec![">".into()]),
             Role::Auth => {
@@ -136,7 +153,7 @@ impl Role {
                     names::svc::HISTORY_USER_ROOMS.into(),
                 ];
                 p.extend(stream_setup(room));
-                p.extend(durable(room, names::FANOUT_DURABLE));
+                p.extend(partitioned(names::FANOUT_DURABLE));
                 p.extend(kv_watch);
                 (
                     p,
@@ -151,7 +168,7 @@ impl Role {
             Role::History => {
                 let mut p = vec![sync, format!("{}.*.member", names::ROOM_SUBJECT_PREFIX)];
                 p.extend(stream_setup(room));
-                p.extend(durable(room, names::HISTORY_DURABLE));
+                p.extend(partitioned(names::HISTORY_DURABLE));
                 p.extend(room_reads);
                 (p, vec![inbox, names::svc::HISTORY_ALL.into()])
             }

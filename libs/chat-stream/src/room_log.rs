@@ -2,7 +2,8 @@
 //!
 //! Every message of room R is published on `chat.room.R.msg` with
 //! `Nats-Expected-Last-Subject-Sequence` (scoped by
-//! `Nats-Expected-Last-Subject-Sequence-Subject` to that subject): the
+//! `Nats-Expected-Last-Subject-Sequence-Subject` to the subjects the stream
+//! stores it under, `chat.room.R.msg.*`, ADR 0009): the
 //! publish succeeds only if no other message of R was stored since the one
 //! we numbered from, so the room sequence (`Chat-Seq`, also in the payload)
 //! is assigned atomically with persistence. On a conflict the appender
@@ -213,7 +214,7 @@ impl RoomLog {
         let slot = self.tail_slot(room);
         let mut tail = slot.lock().await;
         let subject = names::room_subject(room, body.kind());
-        let scope = subject.clone();
+        let scope = names::stored_room_filter(room, body.kind());
         for attempt in 0..MAX_ATTEMPTS {
             let current = match *tail {
                 Some(t) => t,
@@ -303,7 +304,7 @@ impl RoomLog {
     /// behind an acknowledged append. For decisions a lagging replica must
     /// not make (is a client's position really beyond the room?).
     pub async fn last_seq_from_leader(&self, room: &RoomId) -> Result<u64, AppendError> {
-        let subject = names::room_subject(room, names::EventKind::Msg);
+        let subject = names::stored_room_filter(room, names::EventKind::Msg);
         match self.stream.get_last_raw_message_by_subject(&subject).await {
             Ok(msg) => room_seq_of(&msg.headers, msg.sequence),
             Err(e)
@@ -321,7 +322,7 @@ impl RoomLog {
     async fn read_tail(&self, room: &RoomId) -> Result<Tail, AppendError> {
         match self
             .stream
-            .direct_get_last_for_subject(names::room_subject(room, names::EventKind::Msg))
+            .direct_get_last_for_subject(names::stored_room_filter(room, names::EventKind::Msg))
             .await
         {
             Ok(msg) => {
@@ -353,7 +354,7 @@ impl RoomLog {
         before: u64,
         limit: usize,
     ) -> Result<Vec<RoomEvent>, AppendError> {
-        let subject = names::room_subject(room, names::EventKind::Msg);
+        let subject = names::stored_room_filter(room, names::EventKind::Msg);
         let tail = self.read_tail(room).await?;
         let want = after + 1;
         let mut out = Vec::new();

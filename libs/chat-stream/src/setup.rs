@@ -53,6 +53,8 @@ pub struct StreamSettings {
     pub replicas: usize,
     /// Publish de-duplication window of the room stream.
     pub dedup_window: Duration,
+    /// Partitions of the room stream when it is created (ADR 0009).
+    pub partitions: u16,
 }
 
 impl Default for StreamSettings {
@@ -61,17 +63,23 @@ impl Default for StreamSettings {
             manage: true,
             replicas: 1,
             dedup_window: Duration::from_secs(120),
+            partitions: 16,
         }
     }
 }
 
-/// The room stream's configuration: every `chat.room.>` event, file storage,
-/// direct get (for the sequencer and resume), de-duplication window.
+/// The room stream's configuration: every `chat.room.<room>.<kind>` event,
+/// stored with a partition token appended (ADR 0009), file storage, direct
+/// get (for the sequencer and resume), de-duplication window.
 pub fn room_stream_config(s: &StreamSettings) -> stream::Config {
     stream::Config {
         name: names::ROOM_STREAM.to_string(),
         description: Some("Room events, in room-sequence order per room".into()),
-        subjects: vec![names::ROOM_SUBJECT_ALL.to_string()],
+        subjects: vec![names::ROOM_SUBJECT_PUBLISHED.to_string()],
+        subject_transform: Some(stream::SubjectTransform {
+            source: names::ROOM_SUBJECT_PUBLISHED.to_string(),
+            destination: names::room_partition_transform(s.partitions),
+        }),
         storage: stream::StorageType::File,
         num_replicas: s.replicas,
         duplicate_window: s.dedup_window,
@@ -83,7 +91,9 @@ pub fn room_stream_config(s: &StreamSettings) -> stream::Config {
     }
 }
 
-/// Creates (or finds) the room stream.
+/// Creates (or finds) the room stream. A stream without the partition
+/// transform (made before ADR 0009) is refused: its events are stored under
+/// other subjects, which neither the sequencer nor the consumers would see.
 pub async fn room_stream(
     js: &jetstream::Context,
     s: &StreamSettings,
@@ -92,17 +102,34 @@ pub async fn room_stream(
         name: names::ROOM_STREAM.into(),
         reason,
     };
-    if s.manage {
+    let stream = if s.manage {
         retrying("room stream", || {
             js.get_or_create_stream(room_stream_config(s))
         })
         .await
-        .map_err(|e| err(e.to_string()))
+        .map_err(|e| err(e.to_string()))?
     } else {
         js.get_stream(names::ROOM_STREAM)
             .await
-            .map_err(|e| err(format!("not found and CHAT_MANAGE_NATS=false: {e}")))
-    }
+            .map_err(|e| err(format!("not found and CHAT_MANAGE_NATS=false: {e}")))?
+    };
+    room_partitions(&stream).map_err(err)?;
+    Ok(stream)
+}
+
+/// The room stream's partition count, from its subject transform.
+pub fn room_partitions(stream: &stream::Stream) -> Result<u16, String> {
+    stream
+        .cached_info()
+        .config
+        .subject_transform
+        .as_ref()
+        .and_then(|t| names::parse_room_partition_transform(&t.destination))
+        .ok_or_else(|| {
+            "the stream has no partition transform: it was made by a version before \
+             ADR 0009; see docs/operations.md (\"Upgrading a room stream\")"
+                .to_string()
+        })
 }
 
 /// Creates (or finds) a durable pull consumer with explicit ack on `stream`.
@@ -114,20 +141,30 @@ pub async fn durable_consumer(
     max_ack_pending: i64,
     manage: bool,
 ) -> Result<consumer::PullConsumer, SetupError> {
+    let config = consumer::pull::Config {
+        durable_name: Some(name.to_string()),
+        filter_subject: filter.to_string(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait,
+        max_ack_pending,
+        deliver_policy: consumer::DeliverPolicy::All,
+        ..Default::default()
+    };
+    consumer_with(stream, name, config, manage).await
+}
+
+/// Creates (or finds, when not managing NATS) the consumer `name`.
+pub(crate) async fn consumer_with(
+    stream: &stream::Stream,
+    name: &str,
+    config: consumer::pull::Config,
+    manage: bool,
+) -> Result<consumer::PullConsumer, SetupError> {
     let err = |reason: String| SetupError::Consumer {
         name: name.into(),
         reason,
     };
     if manage {
-        let config = consumer::pull::Config {
-            durable_name: Some(name.to_string()),
-            filter_subject: filter.to_string(),
-            ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait,
-            max_ack_pending,
-            deliver_policy: consumer::DeliverPolicy::All,
-            ..Default::default()
-        };
         retrying("durable consumer", || {
             stream.get_or_create_consumer(name, config.clone())
         })
@@ -220,7 +257,7 @@ pub async fn presence_leases_bucket(
 
 /// The bucket `config` names: found as it is, or created (when managing
 /// NATS).
-async fn find_or_create_bucket(
+pub(crate) async fn find_or_create_bucket(
     js: &jetstream::Context,
     s: &StreamSettings,
     config: kv::Config,

@@ -4,7 +4,7 @@
 
 use async_nats::jetstream;
 use chat_core::events::EventBody;
-use chat_core::{ClientMsgId, RoomId, UserId};
+use chat_core::{ClientMsgId, RoomId, UserId, names};
 use chat_stream::{RoomLog, StreamSettings, setup};
 use chat_testkit::NatsServer;
 
@@ -54,7 +54,7 @@ async fn a_rooms_range_is_read_from_the_stream_in_order_up_to_a_hole() {
     // the start stops at once, the rest is still read.
     stream
         .purge()
-        .filter("chat.room.a.msg")
+        .filter(names::stored_room_filter(&a, names::EventKind::Msg))
         .keep(5)
         .await
         .expect("purge");

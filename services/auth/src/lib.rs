@@ -114,6 +114,7 @@ async fn serve_api(
         manage: config.common.manage_nats,
         replicas: config.common.stream_replicas,
         dedup_window: config.common.dedup_window,
+        partitions: config.common.room_partitions,
     };
     // Entries outlive every access token that could name their session.
     let max_age = config.access_ttl + chat_jwt::DEFAULT_LEEWAY + Duration::from_secs(60);

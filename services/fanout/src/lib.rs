@@ -21,7 +21,7 @@ use chat_core::events::Delivery;
 use chat_core::names;
 use chat_platform::Shutdown;
 use chat_platform::http::{Readiness, serve_admin};
-use chat_stream::{PresenceView, StreamSettings, setup};
+use chat_stream::{PresenceView, StreamSettings, partitions, setup};
 use tokio::net::TcpListener;
 
 pub use config::{Config, MAX_BATCH};
@@ -109,11 +109,12 @@ impl Fanout {
 }
 
 /// Runs the fanout service until `shutdown`: connects to NATS, creates the
-/// room stream and the `fanout` consumer (unless `CHAT_MANAGE_NATS=false`),
-/// waits for the presence bucket, then runs the room pipeline and the
-/// presence relay, serving `/healthz` `/readyz` `/metrics` on `listener`.
-/// On shutdown it finishes the event in hand, naks the rest of its batch,
-/// and drains NATS.
+/// room stream, the `fanout-p<n>` partition consumers and the workers
+/// bucket (unless `CHAT_MANAGE_NATS=false`), waits for the presence bucket,
+/// then runs the room pipeline on the partitions it owns and the presence
+/// relay, serving `/healthz` `/readyz` `/metrics` on `listener`. On
+/// shutdown it leaves the workers bucket, finishes the event in hand per
+/// partition, naks what it had received, and drains NATS.
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
     let client = chat_platform::nats::connect(&config.common, "chat-fanout", CONNECT_TIMEOUT)
         .await
@@ -123,20 +124,23 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
         manage: config.common.manage_nats,
         replicas: config.common.stream_replicas,
         dedup_window: config.common.dedup_window,
+        partitions: config.common.room_partitions,
     };
     let stream = setup::room_stream(&js, &settings)
         .await
         .context("fanout: room stream")?;
-    let consumer = setup::durable_consumer(
-        &stream,
-        names::FANOUT_DURABLE,
-        names::ROOM_SUBJECT_ALL,
-        ACK_WAIT,
-        MAX_ACK_PENDING,
-        settings.manage,
-    )
-    .await
-    .context("fanout: room consumer")?;
+    let spec = partitions::Spec {
+        service: names::FANOUT_DURABLE,
+        kind: None,
+        ack_wait: ACK_WAIT,
+        max_ack_pending: MAX_ACK_PENDING,
+    };
+    let consumers = partitions::consumers(&stream, &spec, settings.manage)
+        .await
+        .context("fanout: room consumers")?;
+    let workers = partitions::workers_bucket(&js, &settings, config.common.worker_heartbeat * 3)
+        .await
+        .context("fanout: workers bucket")?;
 
     let readiness = Readiness::new(Some(client.clone()));
     let view_ready = readiness.flag("presence view");
@@ -226,12 +230,17 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
         config.presence_snapshot_max,
         shutdown.clone(),
     ));
-    let pipeline = tokio::spawn(pipeline::serve(
-        fanout,
-        consumer,
-        config.batch,
-        shutdown.clone(),
-    ));
+    let worker = partitions::Worker {
+        kv: workers,
+        stream,
+        service: names::FANOUT_DURABLE,
+        instance: fanout.instance.to_string(),
+        heartbeat: config.common.worker_heartbeat,
+    };
+    let batch = config.batch;
+    let pipeline = tokio::spawn(worker.run(consumers, shutdown.clone(), move |_, c, stop| {
+        pipeline::serve(fanout.clone(), c, batch, stop)
+    }));
     let (p, r, h, s) = tokio::join!(pipeline, relay, heads_task, snapshots);
     changes_task.abort();
     for (what, res) in [

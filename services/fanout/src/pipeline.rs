@@ -1,10 +1,9 @@
-//! The room pipeline: the durable `fanout` consumer on the room stream.
-//! Within one instance events are handled strictly in stream order, one by
-//! one, each acked after its deliveries were published.
-//!
-//! Several instances share the consumer, so two events of one room may be
-//! handled by different instances and published out of order; partitioning
-//! the consumer by room will fix that later.
+//! The room pipeline: one task per owned partition of the room stream, on
+//! that partition's pinned durable consumer (ADR 0009). Within a partition
+//! events are handled strictly in stream order, one by one, each acked
+//! after its deliveries were published; a room always falls in the same
+//! partition, so its events reach the gateways in order even with several
+//! fanout instances.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +14,7 @@ use chat_core::events::{EventBody, MemberOp, MembershipChange, RoomEvent};
 use chat_core::wire::ServerFrame;
 use chat_core::{SCHEMA_VERSION, names};
 use chat_platform::Shutdown;
+use chat_stream::partitions;
 use futures::StreamExt;
 use tracing::instrument;
 
@@ -22,14 +22,10 @@ use crate::Fanout;
 use crate::members::MemberSet;
 use crate::plan::{self, Context};
 
-/// How long one pull waits for events before the next pull.
-const PULL_EXPIRES: Duration = Duration::from_secs(5);
 /// First retry delay after a failure; doubles per delivery attempt.
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
 /// Longest retry delay.
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
-/// At shutdown, how long to wait for more already-sent messages to nak.
-const SHUTDOWN_NAK_WAIT: Duration = Duration::from_millis(50);
 
 /// What to do with a message after handling it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,50 +38,55 @@ enum Outcome {
     Retry,
 }
 
-/// Pulls and handles room events until shutdown.
-pub async fn serve(fanout: Fanout, consumer: PullConsumer, batch_size: usize, shutdown: Shutdown) {
-    while !shutdown.is_cancelled() {
+/// Pulls and handles one partition's room events until `stop` (the
+/// partition moved to another instance, or shutdown); returns the pull
+/// stream in hand, whose unhandled messages the caller hands back.
+pub async fn serve(
+    fanout: Fanout,
+    consumer: PullConsumer,
+    batch_size: usize,
+    stop: Shutdown,
+) -> Option<partitions::PullStream> {
+    while !stop.is_cancelled() {
         let pulled = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            b = consumer.batch().max_messages(batch_size).expires(PULL_EXPIRES).messages() => b,
+            _ = stop.cancelled() => break,
+            b = partitions::pull(&consumer, batch_size) => b,
         };
-        let mut batch = match pulled {
+        let mut messages = match pulled {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "pulling room events failed");
-                pause(&shutdown, BACKOFF_BASE).await;
+                pause(&stop, BACKOFF_BASE).await;
                 continue;
             }
         };
         loop {
             let next = tokio::select! {
-                _ = shutdown.cancelled() => {
-                    nak_rest(&mut batch).await;
-                    return;
-                }
-                m = batch.next() => m,
+                biased;
+                _ = stop.cancelled() => return Some(messages),
+                m = messages.next() => m,
             };
             let Some(msg) = next else { break };
             let msg = match msg {
                 Ok(m) => m,
                 Err(e) => {
-                    tracing::warn!(error = %e, "room event pull error");
+                    tracing::debug!(error = %e, "room event pull status");
                     continue;
                 }
             };
-            if !process(&fanout, &msg, &shutdown).await {
-                nak_rest(&mut batch).await;
-                return;
+            if !process(&fanout, &msg, &stop).await {
+                return Some(messages);
             }
         }
     }
+    None
 }
 
 /// Handles one message to the end: ack, term, or — when a dependency fails —
 /// retry it here with backoff, keeping it in progress, so no later event
 /// overtakes it (a nak would let the open pull hand out later events first).
-/// Returns false when shutdown interrupted it (it is then nak'd for another
-/// instance).
+/// Returns false when `stop` interrupted it (it is then nak'd for the
+/// partition's next owner).
 async fn process(fanout: &Fanout, msg: &Message, shutdown: &Shutdown) -> bool {
     let mut attempt = 0u32;
     loop {
@@ -243,14 +244,6 @@ fn backoff(attempt: u32) -> Duration {
 async fn ack(msg: &Message, kind: AckKind) {
     if let Err(e) = msg.ack_with(kind).await {
         tracing::warn!(error = %e, subject = %msg.subject, "ack failed");
-    }
-}
-
-/// At shutdown: hands back messages of the batch that already arrived, so
-/// another instance takes them now rather than after the ack wait.
-async fn nak_rest(batch: &mut async_nats::jetstream::consumer::pull::Batch) {
-    while let Ok(Some(Ok(msg))) = tokio::time::timeout(SHUTDOWN_NAK_WAIT, batch.next()).await {
-        ack(&msg, AckKind::Nak(None)).await;
     }
 }
 

@@ -79,7 +79,13 @@ async fn spawn_app_with(extra: &[(&str, &str)]) -> App {
     let nats = NatsServer::start().await.expect("nats-server starts");
     let client = nats.admin_client().await.expect("connect");
     let js = jetstream::new(client.clone());
-    let settings = StreamSettings::default();
+    // One partition: the sentinel room's event is handled after every
+    // earlier event of every room (with several, partitions run side by
+    // side and only each room's own order holds).
+    let settings = StreamSettings {
+        partitions: 1,
+        ..StreamSettings::default()
+    };
     // The presence service owns the bucket; fanout waits for it to exist.
     let presence = setup::presence_bucket(&js, &settings)
         .await
@@ -536,8 +542,11 @@ async fn an_unparseable_event_is_terminated_and_counted_and_later_events_flow() 
     eventually(WAIT, "the garbage to leave the pending set", || {
         let stream = stream.clone();
         async move {
-            let mut consumer: jetstream::consumer::PullConsumer =
-                stream.get_consumer(names::FANOUT_DURABLE).await.ok()?;
+            // The harness's stream has one partition.
+            let mut consumer: jetstream::consumer::PullConsumer = stream
+                .get_consumer(&names::partition_durable(names::FANOUT_DURABLE, 0))
+                .await
+                .ok()?;
             let info = consumer.info().await.ok()?;
             (info.ack_floor.stream_sequence > garbage.sequence).then_some(())
         }

@@ -66,6 +66,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> an
         manage: config.common.manage_nats,
         replicas: config.common.stream_replicas,
         dedup_window: config.common.dedup_window,
+        partitions: config.common.room_partitions,
     };
     let stream = chat_stream::setup::room_stream(&js, &settings).await?;
     let verifier = chat_jwt::Verifier::remote(

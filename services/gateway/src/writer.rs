@@ -282,9 +282,10 @@ async fn handle(
                 Ok(())
             }
             Step::Gap { after, before } => {
-                metrics::counter!("chat_gateway_gaps_total").increment(1);
+                metrics::counter!("chat_gateway_gaps_total", "found" => "order").increment(1);
                 if !Box::pin(fill(st, sink, cursors, &room, after, before)).await? {
-                    metrics::counter!("chat_gateway_gaps_unfilled_total").increment(1);
+                    metrics::counter!("chat_gateway_gaps_unfilled_total", "found" => "order")
+                        .increment(1);
                     tracing::warn!(%room, after, before, "gap not filled in time; the client is asked to resume");
                     return Err(Stop::Resync);
                 }
@@ -300,11 +301,12 @@ async fn handle(
             };
             tracing::debug!(target: "chat_gateway::heads", %room, seq, upto, "head: filling a missed tail");
             let last = cursors.last(&room).unwrap_or(0);
-            metrics::counter!("chat_gateway_gaps_total").increment(1);
+            metrics::counter!("chat_gateway_gaps_total", "found" => "head").increment(1);
             if Box::pin(fill(st, sink, cursors, &room, last, upto + 1)).await? {
                 Ok(())
             } else {
-                metrics::counter!("chat_gateway_gaps_unfilled_total").increment(1);
+                metrics::counter!("chat_gateway_gaps_unfilled_total", "found" => "head")
+                    .increment(1);
                 tracing::warn!(%room, last, upto, "missed tail not filled in time; the client is asked to resume");
                 Err(Stop::Resync)
             }

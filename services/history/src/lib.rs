@@ -1,6 +1,7 @@
 //! The history service: the system of record for rooms, memberships and room
 //! history. It writes every room event from the room stream into the store
-//! (the `history` durable consumer) and answers `svc.history.*` requests.
+//! (one `history-p<n>` durable consumer per partition it owns, ADR 0009) and
+//! answers `svc.history.*` requests.
 //! See `docs/services/history.md`.
 
 mod api;
@@ -16,8 +17,8 @@ use chat_core::names;
 use chat_platform::Shutdown;
 use chat_platform::http::{Readiness, serve_admin};
 use chat_store::{HistoryStore, SqliteStore};
-use chat_stream::RoomLog;
 use chat_stream::setup::{self, StreamSettings};
+use chat_stream::{RoomLog, partitions};
 use futures::StreamExt;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
@@ -91,30 +92,41 @@ async fn serve_nats(
         manage: config.common.manage_nats,
         replicas: config.common.stream_replicas,
         dedup_window: config.common.dedup_window,
+        partitions: config.common.room_partitions,
     };
     let stream = setup::room_stream(&js, &settings).await?;
     let max_ack_pending =
         i64::try_from(config.batch.saturating_mul(4).max(1024)).unwrap_or(i64::MAX);
-    let consumer = setup::durable_consumer(
-        &stream,
-        names::HISTORY_DURABLE,
-        names::ROOM_MSG_ALL,
-        config.ack_wait,
+    let spec = partitions::Spec {
+        service: names::HISTORY_DURABLE,
+        kind: Some(names::EventKind::Msg),
+        ack_wait: config.ack_wait,
         max_ack_pending,
-        config.common.manage_nats,
-    )
-    .await?;
-    tracing::info!(durable = names::HISTORY_DURABLE, "history consumer ready");
+    };
+    let consumers = partitions::consumers(&stream, &spec, config.common.manage_nats).await?;
+    let workers =
+        partitions::workers_bucket(&js, &settings, config.common.worker_heartbeat * 3).await?;
+    tracing::info!(
+        durable = names::HISTORY_DURABLE,
+        partitions = consumers.len(),
+        "history consumers ready"
+    );
 
-    let writer = tokio::spawn(writer::run(
-        consumer,
-        store.clone(),
-        writer::WriterSettings {
-            batch: config.batch,
-            retry_max: config.retry_max,
-        },
-        stop.clone(),
-    ));
+    let worker = partitions::Worker {
+        kv: workers,
+        stream: stream.clone(),
+        service: names::HISTORY_DURABLE,
+        instance: format!("{}-{}", std::process::id(), chat_core::time::now_ms()),
+        heartbeat: config.common.worker_heartbeat,
+    };
+    let writer_settings = writer::WriterSettings {
+        batch: config.batch,
+        retry_max: config.retry_max,
+    };
+    let writer_store = store.clone();
+    let writer = tokio::spawn(worker.run(consumers, stop.clone(), move |_, c, stop| {
+        writer::run(c, writer_store.clone(), writer_settings.clone(), stop)
+    }));
     let api = api::Api {
         store,
         limits: config.rooms,

@@ -1,5 +1,6 @@
-//! The writer: drains the room stream's `history` durable consumer into the
-//! store, one store call per batch, acking only after the write succeeded.
+//! The writer: drains one partition of the room stream (its pinned
+//! durable `history-p<n>` consumer, ADR 0009) into the store, one store
+//! call per batch, acking only after the write succeeded.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,12 +11,10 @@ use chat_core::events::RoomEvent;
 use chat_core::names;
 use chat_platform::Shutdown;
 use chat_store::HistoryStore;
+use chat_stream::partitions;
 use futures::{FutureExt, StreamExt};
 use tracing::instrument;
 
-/// How long one pull request waits for messages before it is renewed. It
-/// bounds nothing user-visible: messages are handled as they arrive.
-const PULL_EXPIRES: Duration = Duration::from_secs(5);
 /// First back-off after a failed store write or pull.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 
@@ -28,28 +27,23 @@ pub struct WriterSettings {
     pub retry_max: Duration,
 }
 
-/// Runs until `shutdown`; the batch in hand is always finished (written and
-/// acked, or nak'ed) before returning.
+/// Runs until `stop` (the partition moved, or shutdown); the batch in hand
+/// is always finished (written and acked, or nak'ed) before returning the
+/// pull stream, whose other messages the caller hands back.
 pub async fn run(
     consumer: PullConsumer,
     store: Arc<dyn HistoryStore>,
     settings: WriterSettings,
-    shutdown: Shutdown,
-) {
+    stop: Shutdown,
+) -> Option<partitions::PullStream> {
     let mut backoff = RETRY_MIN;
-    while !shutdown.is_cancelled() {
-        let pull = consumer
-            .batch()
-            .max_messages(settings.batch)
-            .expires(PULL_EXPIRES)
-            .messages()
-            .await;
-        let mut messages = match pull {
+    while !stop.is_cancelled() {
+        let mut messages = match partitions::pull(&consumer, settings.batch).await {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "pull request failed; retrying");
                 metrics::counter!("chat_history_pull_errors_total").increment(1);
-                sleep_or_shutdown(backoff, &shutdown).await;
+                sleep_or_shutdown(backoff, &stop).await;
                 backoff = (backoff * 2).min(settings.retry_max);
                 continue;
             }
@@ -57,10 +51,7 @@ pub async fn run(
         loop {
             let first = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => {
-                    nak_ready(&mut messages).await;
-                    return;
-                }
+                () = stop.cancelled() => return Some(messages),
                 m = messages.next() => m,
             };
             let Some(first) = first else { break };
@@ -74,28 +65,20 @@ pub async fn run(
                     _ => break,
                 }
             }
-            backoff = write_batch(store.as_ref(), batch, backoff, &settings, &shutdown).await;
+            backoff = write_batch(store.as_ref(), batch, backoff, &settings, &stop).await;
         }
     }
+    None
 }
 
-fn push_message(batch: &mut Vec<Message>, m: Result<Message, async_nats::Error>) {
+fn push_message(
+    batch: &mut Vec<Message>,
+    m: Result<Message, async_nats::jetstream::consumer::pull::MessagesError>,
+) {
     match m {
         Ok(m) => batch.push(m),
-        Err(e) => {
-            tracing::warn!(error = %e, "pull consumer error");
-            metrics::counter!("chat_history_pull_errors_total").increment(1);
-        }
-    }
-}
-
-/// Messages already delivered to us when shutting down go back at once
-/// instead of waiting out the ack wait.
-async fn nak_ready(messages: &mut async_nats::jetstream::consumer::pull::Batch) {
-    while let Some(Some(Ok(m))) = messages.next().now_or_never() {
-        if let Err(e) = m.ack_with(AckKind::Nak(None)).await {
-            tracing::debug!(error = %e, "nak on shutdown failed; it will be redelivered");
-        }
+        // Missed heartbeats and pin changes; the pull stream goes on.
+        Err(e) => tracing::debug!(error = %e, "pull stream status"),
     }
 }
 

@@ -53,7 +53,7 @@ fn page_q(room: &RoomId, after: Option<u64>, before: Option<u64>, limit: u32) ->
 
 /// Every member event of `room` in the room stream, in stream order.
 async fn member_events(h: &Harness, room: &RoomId) -> Vec<chat_core::events::RoomEvent> {
-    let subject = chat_core::names::room_subject(room, chat_core::names::EventKind::Member);
+    let subject = chat_core::names::stored_room_filter(room, chat_core::names::EventKind::Member);
     let stream =
         h.js.get_stream(chat_core::names::ROOM_STREAM)
             .await

@@ -49,6 +49,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
         manage: config.common.manage_nats,
         replicas: config.common.stream_replicas,
         dedup_window: config.common.dedup_window,
+        partitions: config.common.room_partitions,
     };
     let store = setup::presence_bucket(&js, &settings)
         .await

@@ -155,8 +155,9 @@ impl Harness {
         eventually(WAIT, "history consumer to ack everything", || {
             let stream = stream.clone();
             async move {
-                let info = stream.consumer_info(names::HISTORY_DURABLE).await.ok()?;
-                (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+                let backlog =
+                    chat_testkit::partition_backlog(&stream, names::HISTORY_DURABLE).await?;
+                (backlog == 0).then_some(())
             }
         })
         .await;
