@@ -342,7 +342,7 @@ pub struct Common {
     /// positions are dropped and re-read on their next message.
     pub room_tail_cache: usize,
     /// `CHAT_ROOM_PARTITIONS`: partitions of the room stream, used when a
-    /// service creates it (default 16, 1 to 32; ADR 0009). Consumers follow
+    /// service creates it (default 4, 1 to 32; ADR 0009). Consumers follow
     /// the stream's own setting, so changing this later changes nothing.
     pub room_partitions: u16,
     /// `CHAT_WORKER_HEARTBEAT_MS`: how often an instance of a partitioned
@@ -412,7 +412,7 @@ impl Common {
                 reason: "JetStream allows at most 5 replicas".into(),
             });
         }
-        let room_partitions = s.at_least("CHAT_ROOM_PARTITIONS", 16u16, 1)?;
+        let room_partitions = s.at_least("CHAT_ROOM_PARTITIONS", 4u16, 1)?;
         if room_partitions > chat_core::names::MAX_ROOM_PARTITIONS {
             return Err(ConfigError::Invalid {
                 key: "CHAT_ROOM_PARTITIONS".into(),
@@ -464,6 +464,28 @@ mod tests {
         assert_eq!(m["CHAT_GATEWAY_LISTEN"], "0.0.0.0:80");
         assert_eq!(m["CHAT_GATEWAY_MAX_FRAME_BYTES"], "10");
         assert_eq!(m["CHAT_GATEWAY_ORIGINS"], "a,b");
+    }
+
+    #[test]
+    fn partition_and_worker_options_are_checked_at_their_edges() {
+        let common = |k: &str, v: &str| {
+            Common::from_settings(&Settings::new(&MapSource::new().with(k, v)), "FANOUT")
+                .map(|c| (c.room_partitions, c.worker_heartbeat.as_millis()))
+                .map_err(|e| e.to_string())
+        };
+        let defaults = Common::from_settings(&Settings::new(&MapSource::new()), "FANOUT")
+            .map(|c| (c.room_partitions, c.worker_heartbeat.as_millis()))
+            .map_err(|e| e.to_string());
+        assert_eq!(defaults, Ok((4, 2000)));
+        assert_eq!(common("CHAT_ROOM_PARTITIONS", "1"), Ok((1, 2000)));
+        assert_eq!(common("CHAT_ROOM_PARTITIONS", "32"), Ok((32, 2000)));
+        for bad in ["0", "33", "x"] {
+            let e = common("CHAT_ROOM_PARTITIONS", bad).expect_err(bad);
+            assert!(e.contains("CHAT_ROOM_PARTITIONS"), "{e}");
+        }
+        assert_eq!(common("CHAT_WORKER_HEARTBEAT_MS", "100"), Ok((4, 100)));
+        let e = common("CHAT_WORKER_HEARTBEAT_MS", "99").expect_err("99 ms");
+        assert!(e.contains("CHAT_WORKER_HEARTBEAT_MS"), "{e}");
     }
 
     #[test]

@@ -63,7 +63,7 @@ impl Default for StreamSettings {
             manage: true,
             replicas: 1,
             dedup_window: Duration::from_secs(120),
-            partitions: 16,
+            partitions: 4,
         }
     }
 }
