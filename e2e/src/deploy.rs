@@ -131,11 +131,17 @@ impl ServiceProcess {
         &self.log
     }
 
-    /// The end of its log (for failure messages).
+    /// The end of its log (for failure messages), after the first
+    /// `Error:` line (what a failed start printed before its backtrace).
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let start = log.len().saturating_sub(4000);
-        log.get(start..).unwrap_or_default().to_string()
+        let error = log
+            .lines()
+            .find(|l| l.starts_with("Error:"))
+            .map(|l| format!("{l}\n…\n"))
+            .unwrap_or_default();
+        format!("{error}{}", log.get(start..).unwrap_or_default())
     }
 
     /// SIGKILL: no shutdown work at all.

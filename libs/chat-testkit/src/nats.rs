@@ -13,6 +13,26 @@ use crate::link::Link;
 
 /// A port that was free a moment ago (bound on 127.0.0.1 and released).
 pub fn free_port() -> u16 {
+    // Below the kernel's ephemeral range (32768 and up by default), so an
+    // outgoing connection of another test cannot take the port between
+    // this check and the service binding it; random, so parallel tests
+    // rarely pick the same one.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ (u64::from(std::process::id()) << 32);
+    for i in 0..1000u64 {
+        let mut x = seed ^ NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) ^ (i << 48);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        let port = 10_000 + (x % 22_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
