@@ -107,27 +107,50 @@ pub async fn workers_bucket(
     .await
 }
 
-/// The owner of `partition` among `live` instances: the highest hash of
-/// (instance, partition), FNV-1a then mixed. Every instance with the same view agrees,
-/// and a change of view moves only the partitions of the instance that
-/// came or went.
-pub fn owner(partition: u16, live: &BTreeSet<String>) -> Option<&str> {
-    live.iter()
-        .max_by_key(|i| {
-            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-            for b in i.bytes().chain(partition.to_be_bytes()) {
-                h ^= u64::from(b);
-                h = h.wrapping_mul(0x0100_0000_01b3);
+/// How much `instance` wants `partition`: FNV-1a of both, then mixed.
+fn affinity(instance: &str, partition: u16) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in instance.bytes().chain(partition.to_be_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // FNV's last bytes reach only its low bits: mix (murmur3's finaliser)
+    // so the partition number moves the high ones too.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// The owner of each of `partitions` among `live` instances. Each
+/// partition, in order, goes to the instance that wants it most
+/// ([`affinity`]) among those still below their share: ⌊P/N⌋ each, and
+/// one more for the first P mod N instances that get there. So every
+/// instance owns ⌊P/N⌋ or ⌈P/N⌉ (rendezvous hashing alone can leave one
+/// idle when there are few partitions). Every instance with the same view
+/// computes the same owners; a change of view moves few partitions.
+pub fn owners(partitions: u16, live: &BTreeSet<String>) -> Vec<Option<&str>> {
+    let n = live.len().max(1);
+    let (floor, extra) = (usize::from(partitions) / n, usize::from(partitions) % n);
+    let mut held: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut above_floor = 0usize;
+    (0..partitions)
+        .map(|p| {
+            let mut ranked: Vec<&str> = live.iter().map(String::as_str).collect();
+            ranked.sort_by_key(|i| std::cmp::Reverse(affinity(i, p)));
+            let owner = ranked.into_iter().find(|i| {
+                let h = held.get(i).copied().unwrap_or(0);
+                h < floor || (h == floor && above_floor < extra)
+            })?;
+            let h = held.entry(owner).or_insert(0);
+            *h += 1;
+            if *h == floor + 1 {
+                above_floor += 1;
             }
-            // FNV's last bytes reach only its low bits: mix (murmur3's
-            // finaliser) so the partition number moves the high ones too.
-            h ^= h >> 33;
-            h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-            h ^= h >> 33;
-            h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-            h ^ (h >> 33)
+            Some(owner)
         })
-        .map(String::as_str)
+        .collect()
 }
 
 /// A partition task: its stop token and its handle, which returns the pull
@@ -286,12 +309,16 @@ impl Worker {
                 );
             }
             let mut leaving = Vec::new();
+            let count = u16::try_from(consumers.len()).unwrap_or(u16::MAX);
+            let (now, before) = (owners(count, &live), owners(count, &view));
             for (p, c) in (0u16..).zip(consumers.iter()) {
-                let mine = owner(p, &live) == Some(self.instance.as_str());
+                let i = usize::from(p);
+                let mine = now.get(i).copied().flatten() == Some(self.instance.as_str());
                 if mine && !running.contains_key(&p) {
                     // An owner that left the view without releasing (it
                     // crashed) still holds the pin until it times out.
-                    if owner(p, &view).is_some_and(|o| o != self.instance && !live.contains(o)) {
+                    let prev = before.get(i).copied().flatten();
+                    if prev.is_some_and(|o| o != self.instance && !live.contains(o)) {
                         self.unpin(c).await;
                     }
                     let stop = shutdown.child_token();
@@ -355,28 +382,37 @@ mod tests {
     }
 
     #[test]
-    fn ownership_is_shared_and_moves_only_what_it_must() {
+    fn every_instance_owns_a_fair_share_and_a_change_moves_few() {
         let two = set(&["a", "b"]);
         let three = set(&["a", "b", "c"]);
-        let owners2: Vec<&str> = (0..32).filter_map(|p| owner(p, &two)).collect();
-        assert_eq!(owners2.len(), 32);
-        let a = owners2.iter().filter(|o| **o == "a").count();
-        assert!(
-            (6..=26).contains(&a),
-            "both instances own a share: a has {a} of 32"
-        );
-        // c arriving takes partitions only from a and b, never swaps them.
-        for p in 0..32 {
-            let (before, after) = (owner(p, &two), owner(p, &three));
-            assert!(
-                after == before || after == Some("c"),
-                "partition {p} moved a→b"
-            );
+        let count = |o: &[Option<&str>], who: &str| o.iter().filter(|x| **x == Some(who)).count();
+        for partitions in [1u16, 2, 4, 5, 16, 32] {
+            for live in [&two, &three] {
+                let o = owners(partitions, live);
+                assert!(
+                    o.iter().all(Option::is_some),
+                    "every partition has an owner"
+                );
+                let share = usize::from(partitions) / live.len();
+                for i in live.iter() {
+                    let n = count(&o, i);
+                    assert!(
+                        n == share || n == share + 1,
+                        "{i} holds {n} of {partitions} among {}",
+                        live.len()
+                    );
+                }
+            }
         }
+        // Everyone computes the same; c arriving moves only some partitions.
+        let (before, after) = (owners(32, &two), owners(32, &three));
+        assert_eq!(before, owners(32, &set(&["b", "a"])));
+        let moved = before.iter().zip(&after).filter(|(x, y)| x != y).count();
         assert!(
-            (0..32).any(|p| owner(p, &three) == Some("c")),
-            "c gets a share"
+            (count(&after, "c")..=16).contains(&moved),
+            "{moved} of 32 moved when c (owning {}) arrived",
+            count(&after, "c")
         );
-        assert_eq!(owner(0, &BTreeSet::new()), None);
+        assert_eq!(owners(3, &BTreeSet::new()), vec![None, None, None]);
     }
 }
