@@ -6,10 +6,6 @@ use crate::{GatewayId, RoomId, UserId};
 
 /// Prefix of every room event subject: `chat.room.<room_id>.<kind>`.
 pub const ROOM_SUBJECT_PREFIX: &str = "chat.room";
-/// All room events of all rooms (the room stream captures this).
-pub const ROOM_SUBJECT_ALL: &str = "chat.room.>";
-/// Messages of all rooms (what the history service stores).
-pub const ROOM_MSG_ALL: &str = "chat.room.*.msg";
 /// JetStream stream holding every room event, in room-sequence order per room.
 pub const ROOM_STREAM: &str = "CHAT_ROOMS";
 /// Durable consumers of the history service on [`ROOM_STREAM`]: one per

@@ -269,10 +269,6 @@ impl Worker {
     {
         let key = self.key();
         let mut view: BTreeSet<String> = BTreeSet::new();
-        type Running = (
-            CancellationToken,
-            tokio::task::JoinHandle<Option<PullStream>>,
-        );
         let mut running: BTreeMap<u16, Running> = BTreeMap::new();
         let mut tick = tokio::time::interval(self.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
