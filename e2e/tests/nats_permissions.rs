@@ -83,6 +83,7 @@ fn forbidden(role: Role) -> (Vec<&'static str>, Vec<&'static str>) {
                 // Another service's partitions and worker entries.
                 "$JS.API.CONSUMER.MSG.NEXT.CHAT_ROOMS.history-p0",
                 "$JS.API.CONSUMER.UNPIN.CHAT_ROOMS.history-p3",
+                "$JS.API.CONSUMER.RESET.CHAT_ROOMS.history-p2",
                 "$JS.API.CONSUMER.DELETE.CHAT_ROOMS.history",
                 "$JS.API.CONSUMER.MSG.NEXT.CHAT_ROOMS.fanout-p32",
                 "$KV.chat_workers.history.h1",

@@ -93,7 +93,8 @@ impl Role {
             ]
         };
         let kv_watch = watch(&kv);
-        // One pinned durable per partition (ADR 0009), its unpin, the
+        // One pinned durable per partition (ADR 0009), its unpin, pause and
+        // reset (a takeover redelivers the earlier owner's events), the
         // removal of the unpartitioned durable of earlier versions, and the
         // instances' bucket.
         let partitioned = |base: &str| {
@@ -103,6 +104,7 @@ impl Role {
                 p.extend(durable(room, &d));
                 p.push(format!("$JS.API.CONSUMER.UNPIN.{room}.{d}"));
                 p.push(format!("$JS.API.CONSUMER.PAUSE.{room}.{d}"));
+                p.push(format!("$JS.API.CONSUMER.RESET.{room}.{d}"));
             }
             let workers = format!("KV_{}", names::WORKERS_BUCKET);
             p.push(format!("$KV.{}.{base}.*", names::WORKERS_BUCKET));

@@ -70,7 +70,8 @@ pub async fn consumers(
         let config = consumer::pull::Config {
             durable_name: Some(name.clone()),
             filter_subject: names::partition_filter(p, spec.kind),
-            ack_policy: consumer::AckPolicy::Explicit,
+            // One ack settles a run of handled messages (`acks::Acker`).
+            ack_policy: consumer::AckPolicy::All,
             ack_wait: spec.ack_wait,
             max_ack_pending: spec.max_ack_pending,
             deliver_policy: consumer::DeliverPolicy::All,

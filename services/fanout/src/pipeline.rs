@@ -1,7 +1,7 @@
 //! The room pipeline: one task per owned partition of the room stream, on
 //! that partition's pinned durable consumer (ADR 0009). Within a partition
-//! events are handled strictly in stream order, one by one, each acked
-//! after its deliveries were published; a room always falls in the same
+//! events are handled strictly in stream order, one by one, and acked
+//! (a run at a time) after their deliveries were published; a room always falls in the same
 //! partition, so its events reach the gateways in order even with several
 //! fanout instances.
 
@@ -14,8 +14,9 @@ use chat_core::events::{EventBody, MemberOp, MembershipChange, RoomEvent};
 use chat_core::wire::ServerFrame;
 use chat_core::{SCHEMA_VERSION, names};
 use chat_platform::Shutdown;
+use chat_stream::acks::Acker;
 use chat_stream::partitions;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tracing::instrument;
 
 use crate::Fanout;
@@ -40,13 +41,16 @@ enum Outcome {
 
 /// Pulls and handles one partition's room events until `stop` (the
 /// partition moved to another instance, or shutdown); returns the pull
-/// stream in hand, whose unhandled messages the caller hands back.
+/// stream in hand, whose unhandled messages the caller hands back. Handled
+/// events are acknowledged when nothing more is waiting, or every
+/// `batch_size` events (one ack for the run, `acks::Acker`).
 pub async fn serve(
     fanout: Fanout,
     consumer: PullConsumer,
     batch_size: usize,
     stop: Shutdown,
 ) -> Option<partitions::PullStream> {
+    let mut acker = Acker::start(&consumer, batch_size, "fanout").await;
     while !stop.is_cancelled() {
         let pulled = tokio::select! {
             _ = stop.cancelled() => break,
@@ -61,10 +65,17 @@ pub async fn serve(
             }
         };
         loop {
-            let next = tokio::select! {
-                biased;
-                _ = stop.cancelled() => return Some(messages),
-                m = messages.next() => m,
+            let next = match messages.next().now_or_never() {
+                Some(m) => m,
+                None => {
+                    // Caught up: settle what was handled before waiting.
+                    acker.flush().await;
+                    tokio::select! {
+                        biased;
+                        _ = stop.cancelled() => return Some(messages),
+                        m = messages.next() => m,
+                    }
+                }
             };
             let Some(msg) = next else { break };
             let msg = match msg {
@@ -74,11 +85,17 @@ pub async fn serve(
                     continue;
                 }
             };
-            if !process(&fanout, &msg, &stop).await {
+            if stop.is_cancelled() {
+                acker.settle(msg, AckKind::Nak(None)).await;
+                return Some(messages);
+            }
+            if !process(&fanout, msg, &mut acker, &stop).await {
                 return Some(messages);
             }
         }
+        acker.flush().await;
     }
+    acker.flush().await;
     None
 }
 
@@ -86,32 +103,35 @@ pub async fn serve(
 /// retry it here with backoff, keeping it in progress, so no later event
 /// overtakes it (a nak would let the open pull hand out later events first).
 /// Returns false when `stop` interrupted it (it is then nak'd for the
-/// partition's next owner).
-async fn process(fanout: &Fanout, msg: &Message, shutdown: &Shutdown) -> bool {
+/// partition's next owner, after the events handled before it are acked).
+async fn process(fanout: &Fanout, msg: Message, acker: &mut Acker, shutdown: &Shutdown) -> bool {
     let mut attempt = 0u32;
     loop {
-        match handle(fanout, msg).await {
+        match handle(fanout, &msg).await {
             Outcome::Done => {
-                ack(msg, AckKind::Ack).await;
+                acker.done(msg).await;
                 return true;
             }
             Outcome::Poison => {
-                ack(msg, AckKind::Term).await;
+                acker.settle(msg, AckKind::Term).await;
                 return true;
             }
             Outcome::Retry => {
+                // The events before it are delivered: do not let them wait
+                // (and be redelivered) while this one is retried.
+                acker.flush().await;
                 let delay = backoff(attempt);
                 attempt = attempt.saturating_add(1);
                 metrics::counter!("chat_fanout_retries_total").increment(1);
                 tokio::select! {
                     _ = shutdown.cancelled() => {
-                        ack(msg, AckKind::Nak(None)).await;
+                        acker.settle(msg, AckKind::Nak(None)).await;
                         return false;
                     }
                     _ = tokio::time::sleep(delay) => {}
                 }
                 // Keep JetStream from redelivering it elsewhere meanwhile.
-                ack(msg, AckKind::Progress).await;
+                acker.progress(&msg).await;
             }
         }
     }
@@ -239,12 +259,6 @@ fn backoff(attempt: u32) -> Duration {
     BACKOFF_BASE
         .saturating_mul(2u32.saturating_pow(attempt.min(16)))
         .min(BACKOFF_MAX)
-}
-
-async fn ack(msg: &Message, kind: AckKind) {
-    if let Err(e) = msg.ack_with(kind).await {
-        tracing::warn!(error = %e, subject = %msg.subject, "ack failed");
-    }
 }
 
 async fn pause(shutdown: &Shutdown, d: Duration) {

@@ -1,6 +1,7 @@
 //! The writer: drains one partition of the room stream (its pinned
 //! durable `history-p<n>` consumer, ADR 0009) into the store, one store
-//! call per batch, acking only after the write succeeded.
+//! call per batch, acking (one ack per batch, `acks::Acker`) only after the
+//! write succeeded.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use chat_core::events::RoomEvent;
 use chat_core::names;
 use chat_platform::Shutdown;
 use chat_store::HistoryStore;
+use chat_stream::acks::Acker;
 use chat_stream::partitions;
 use futures::{FutureExt, StreamExt};
 use tracing::instrument;
@@ -36,10 +38,14 @@ pub async fn run(
     settings: WriterSettings,
     stop: Shutdown,
 ) -> Option<partitions::PullStream> {
+    let mut acker = Acker::start(&consumer, settings.batch, "history").await;
     let mut backoff = RETRY_MIN;
     while !stop.is_cancelled() {
         let mut messages = match partitions::pull(&consumer, settings.batch).await {
-            Ok(m) => m,
+            Ok(m) => {
+                backoff = RETRY_MIN;
+                m
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "pull request failed; retrying");
                 metrics::counter!("chat_history_pull_errors_total").increment(1);
@@ -65,7 +71,7 @@ pub async fn run(
                     _ => break,
                 }
             }
-            backoff = write_batch(store.as_ref(), batch, backoff, &settings, &stop).await;
+            write_batch(store.as_ref(), batch, &mut acker, &settings, &stop).await;
         }
     }
     None
@@ -107,63 +113,73 @@ fn parse(m: &Message) -> Result<RoomEvent, String> {
     }
 }
 
-/// Writes one batch and settles every message in it. Returns the back-off
-/// for the next failure (reset after a success).
+/// Writes one batch and settles every message in it, in stream order. A
+/// failed write is retried here, with back-off, keeping the batch in
+/// progress: no later event is acked (an ack settles everything before it)
+/// while these are unwritten. On `stop` the batch is nak'd for the
+/// partition's next owner.
 #[instrument(skip_all, fields(messages = batch.len()))]
 async fn write_batch(
     store: &dyn HistoryStore,
     batch: Vec<Message>,
-    backoff: Duration,
+    acker: &mut Acker,
     settings: &WriterSettings,
-    shutdown: &Shutdown,
-) -> Duration {
+    stop: &Shutdown,
+) {
     let mut events = Vec::with_capacity(batch.len());
-    let mut valid = Vec::with_capacity(batch.len());
+    let mut parsed = Vec::with_capacity(batch.len());
     for m in batch {
         match parse(&m) {
             Ok(ev) => {
                 events.push(ev);
-                valid.push(m);
+                parsed.push((m, None));
             }
-            Err(reason) => {
+            Err(reason) => parsed.push((m, Some(reason))),
+        }
+    }
+    let mut backoff = RETRY_MIN;
+    while !events.is_empty() {
+        match store.append_events(&events).await {
+            Ok(stored) => {
+                let total = events.len();
+                metrics::counter!("chat_history_events_stored_total").increment(stored as u64);
+                metrics::counter!("chat_history_events_replayed_total")
+                    .increment(total.saturating_sub(stored) as u64);
+                tracing::debug!(stored, total, "batch written");
+                break;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, retry_in = ?backoff, "store write failed; retrying the batch");
+                metrics::counter!("chat_history_store_failures_total").increment(1);
+                acker.flush().await;
+                tokio::select! {
+                    () = stop.cancelled() => {
+                        for (m, _) in parsed {
+                            acker.settle(m, AckKind::Nak(None)).await;
+                        }
+                        return;
+                    }
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                // Keep JetStream from redelivering them meanwhile.
+                for (m, _) in &parsed {
+                    acker.progress(m).await;
+                }
+                backoff = (backoff * 2).min(settings.retry_max);
+            }
+        }
+    }
+    for (m, rejected) in parsed {
+        match rejected {
+            None => acker.done(m).await,
+            Some(reason) => {
                 // Redelivering a message that can never parse would block
                 // nothing but waste work forever: terminate it.
                 tracing::warn!(subject = %m.subject, %reason, "unparseable room event dropped");
                 metrics::counter!("chat_history_events_rejected_total").increment(1);
-                if let Err(e) = m.ack_with(AckKind::Term).await {
-                    tracing::warn!(error = %e, "term failed; it will be redelivered");
-                }
+                acker.settle(m, AckKind::Term).await;
             }
         }
     }
-    if events.is_empty() {
-        return backoff;
-    }
-    match store.append_events(&events).await {
-        Ok(stored) => {
-            let total = events.len();
-            metrics::counter!("chat_history_events_stored_total").increment(stored as u64);
-            metrics::counter!("chat_history_events_replayed_total")
-                .increment(total.saturating_sub(stored) as u64);
-            tracing::debug!(stored, total, "batch written");
-            for m in valid {
-                if let Err(e) = m.ack().await {
-                    // Harmless: the redelivery will be ignored by the store.
-                    tracing::warn!(error = %e, "ack failed; the event will be redelivered");
-                }
-            }
-            RETRY_MIN
-        }
-        Err(e) => {
-            tracing::error!(error = %e, retry_in = ?backoff, "store write failed; nak'ing batch");
-            metrics::counter!("chat_history_store_failures_total").increment(1);
-            for m in valid {
-                if let Err(e) = m.ack_with(AckKind::Nak(Some(backoff))).await {
-                    tracing::warn!(error = %e, "nak failed; redelivery after ack wait");
-                }
-            }
-            sleep_or_shutdown(backoff, shutdown).await;
-            (backoff * 2).min(settings.retry_max)
-        }
-    }
+    acker.flush().await;
 }
