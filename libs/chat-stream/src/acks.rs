@@ -4,14 +4,20 @@
 //!
 //! One ack-all also settles messages this task never saw: those a previous
 //! owner of the partition received and did not ack (it was killed, or
-//! handed them back with a nak). They come back only as redeliveries, after
-//! later messages. So an [`Acker`] acks a run only while it knows that every
-//! message pending on the consumer is one it handled. At its start, if
-//! anything is pending, it resets the consumer to its ack floor (the
-//! pending events are delivered again, in order, to it). If that fails it
-//! holds its acks until the server's pending count equals the number it
-//! holds (at most the consumer's `max_ack_pending`): duplicates at worst,
-//! never a loss.
+//! handed them back with a nak), and deliveries lost on the way (a NATS
+//! node died with them in flight). JetStream redelivers those only after
+//! the ack wait, behind later messages. So an [`Acker`] acks a run only
+//! while it knows that every message pending on the consumer is one it
+//! handled:
+//! - at its start, if anything is pending, it resets the consumer to its
+//!   ack floor, so the pending events are delivered again, in order, to it;
+//! - it checks that the deliveries it receives are numbered without a gap
+//!   (the consumer sequence counts every delivery); after a gap, or a
+//!   failed reset, it holds its acks until the server's pending count equals
+//!   the number it holds — the missing delivery came back and was handled.
+//!
+//! Holding costs redeliveries and duplicates at worst (at most the
+//! consumer's `max_ack_pending` are held), never a loss.
 //!
 //! Consumers made by versions before batched acks ack explicitly; the
 //! acker follows the policy the consumer actually has, so an old durable
@@ -40,6 +46,8 @@ pub struct Acker {
     last: Option<(u64, Message)>,
     /// Stream sequences handled and not yet acked (ack-all only).
     held: BTreeSet<u64>,
+    /// The consumer sequence the next delivery must carry (None: unknown).
+    next_delivery: Option<u64>,
     next_check: Instant,
     /// Labels the `chat_stream_acks_total` counter.
     service: &'static str,
@@ -58,11 +66,15 @@ impl Acker {
             max: max.max(1),
             last: None,
             held: BTreeSet::new(),
+            next_delivery: None,
             next_check: Instant::now(),
             service,
         };
         if all {
             acker.exclusive = acker.pending_are_ours().await || acker.reset().await;
+            if !acker.exclusive {
+                metrics::counter!("chat_stream_acks_held_total", "service" => service).increment(1);
+            }
         }
         acker
     }
@@ -76,6 +88,8 @@ impl Acker {
         let name = self.consumer.cached_info().name.clone();
         match self.consumer.reset(None).await {
             Ok(r) => {
+                // Delivery numbers start again after a reset.
+                self.next_delivery = Some(r.info.delivered.consumer_sequence + 1);
                 metrics::counter!("chat_stream_consumer_resets_total", "service" => self.service)
                     .increment(1);
                 tracing::info!(consumer = %name, from = r.reset_seq, "took over a partition with pending events; redelivering them in order");
@@ -97,6 +111,28 @@ impl Acker {
     /// pending.
     pub fn waiting_for_others(&self) -> bool {
         self.all && !self.exclusive
+    }
+
+    /// `m` was received: call it for every message, before handling it. A
+    /// delivery numbered past the one expected means one went missing (to
+    /// another client, or lost in flight): the run before it is acked, and
+    /// acks are held from then on until the missing one was handled.
+    pub async fn received(&mut self, m: &Message) {
+        if !self.all {
+            return;
+        }
+        let Some(d) = m.info().ok().map(|i| i.consumer_sequence) else {
+            return;
+        };
+        let expected = self.next_delivery.replace(d + 1);
+        if expected.is_some_and(|e| e != d) && self.exclusive {
+            tracing::warn!(service = self.service, consumer = %self.consumer.cached_info().name, expected = ?expected, got = d, "a delivery went missing; acks held until it comes back");
+            self.flush().await;
+            self.exclusive = false;
+            self.next_check = Instant::now();
+            metrics::counter!("chat_stream_delivery_gaps_total", "service" => self.service)
+                .increment(1);
+        }
     }
 
     /// `m` was handled: acknowledge it now (explicit acks), or hold it until
@@ -172,7 +208,13 @@ impl Acker {
     async fn pending_are_ours(&mut self) -> bool {
         self.next_check = Instant::now() + CHECK_EVERY;
         match self.consumer.get_info().await {
-            Ok(info) => info.num_ack_pending == self.held.len(),
+            Ok(info) => {
+                if self.next_delivery.is_none() && self.held.is_empty() {
+                    // At the start: nothing received yet.
+                    self.next_delivery = Some(info.delivered.consumer_sequence + 1);
+                }
+                info.num_ack_pending == self.held.len()
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "consumer info failed; acks held");
                 false

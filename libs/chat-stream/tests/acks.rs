@@ -1,6 +1,7 @@
 //! Batched acks on a partition consumer (`acks::Acker`): one ack settles a
-//! run of handled events, and a new owner first gets back, in stream order,
-//! the events an earlier owner received and never acked.
+//! run of handled events; a new owner first gets back, in stream order,
+//! the events an earlier owner received and never acked; and a delivery
+//! lost on the way is never settled by a later ack.
 
 use std::time::Duration;
 
@@ -14,6 +15,14 @@ use futures::StreamExt;
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn one_partition(js: &jetstream::Context) -> (stream::Stream, PullConsumer) {
+    // Far longer than a test: a redelivery can only come from a reset.
+    one_partition_waiting(js, Duration::from_secs(120)).await
+}
+
+async fn one_partition_waiting(
+    js: &jetstream::Context,
+    ack_wait: Duration,
+) -> (stream::Stream, PullConsumer) {
     let settings = StreamSettings {
         partitions: 1,
         ..StreamSettings::default()
@@ -22,8 +31,7 @@ async fn one_partition(js: &jetstream::Context) -> (stream::Stream, PullConsumer
     let spec = partitions::Spec {
         service: "fanout",
         kind: None,
-        // Far longer than the test: a redelivery can only come from a reset.
-        ack_wait: Duration::from_secs(120),
+        ack_wait,
         max_ack_pending: 1_000,
     };
     let mut consumers = partitions::consumers(&stream, &spec, true)
@@ -147,4 +155,56 @@ async fn a_new_owner_first_gets_the_earlier_owners_unacked_events_in_order() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+async fn settled_up_to(consumer: &PullConsumer, acker: &mut Acker, seq: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        acker.flush().await;
+        let info = consumer.get_info().await.expect("info");
+        if info.num_ack_pending == 0 && info.ack_floor.stream_sequence == seq {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not settled: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_delivery_lost_on_the_way_is_not_settled_by_a_later_ack() {
+    let nats = NatsServer::start().await.expect("nats");
+    let js = jetstream::new(nats.admin_client().await.expect("connect"));
+    let (_stream, consumer) = one_partition_waiting(&js, Duration::from_secs(1)).await;
+    publish(&js, 1..=5).await;
+
+    let mut acker = Acker::start(&consumer, 64, "test").await;
+    let mut messages = partitions::pull(&consumer, 64).await.expect("pull");
+    for want in 1..=5 {
+        let m = next(&mut messages).await;
+        assert_eq!(body(&m), want);
+        // Event 3 never reaches the acker: as if lost in flight.
+        if want != 3 {
+            acker.received(&m).await;
+            acker.done(m).await;
+        }
+    }
+    acker.flush().await;
+    assert!(acker.waiting_for_others(), "the gap was not noticed");
+    let info = consumer.get_info().await.expect("info");
+    assert_eq!(
+        (info.ack_floor.stream_sequence, info.num_ack_pending),
+        (2, 3),
+        "an ack settled the lost event 3"
+    );
+
+    // It comes back after the ack wait; handled, everything is settled.
+    let m = next(&mut messages).await;
+    assert_eq!(body(&m), 3);
+    acker.received(&m).await;
+    acker.done(m).await;
+    settled_up_to(&consumer, &mut acker, 5).await;
+    assert!(!acker.waiting_for_others());
 }

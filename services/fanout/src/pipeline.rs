@@ -89,6 +89,7 @@ pub async fn serve(
                 acker.settle(msg, AckKind::Nak(None)).await;
                 return Some(messages);
             }
+            acker.received(&msg).await;
             if !process(&fanout, msg, &mut acker, &stop).await {
                 return Some(messages);
             }

@@ -62,12 +62,12 @@ pub async fn run(
             };
             let Some(first) = first else { break };
             let mut batch = Vec::with_capacity(settings.batch);
-            push_message(&mut batch, first);
+            push_message(&mut batch, first, &mut acker).await;
             // Take whatever already arrived, without waiting, so one
             // transaction covers a burst while a lone event is not delayed.
             while batch.len() < settings.batch {
                 match messages.next().now_or_never() {
-                    Some(Some(m)) => push_message(&mut batch, m),
+                    Some(Some(m)) => push_message(&mut batch, m, &mut acker).await,
                     _ => break,
                 }
             }
@@ -77,12 +77,16 @@ pub async fn run(
     None
 }
 
-fn push_message(
+async fn push_message(
     batch: &mut Vec<Message>,
     m: Result<Message, async_nats::jetstream::consumer::pull::MessagesError>,
+    acker: &mut Acker,
 ) {
     match m {
-        Ok(m) => batch.push(m),
+        Ok(m) => {
+            acker.received(&m).await;
+            batch.push(m);
+        }
         // Missed heartbeats and pin changes; the pull stream goes on.
         Err(e) => tracing::debug!(error = %e, "pull stream status"),
     }
