@@ -42,10 +42,10 @@ pub struct Limits {
     /// (between reading its rooms and registering it); one more and that
     /// session is refused with `unavailable` and close 1011, to retry.
     pub max_changes_while_connecting: usize,
-    /// `CHAT_GATEWAY_READ_BUFFER_BYTES` (4096, at least 256): the WebSocket
-    /// read buffer each connection allocates. The library default (128 KiB)
-    /// made an idle connection cost about 160 KiB; larger frames still
-    /// arrive, in more reads.
+    /// `CHAT_GATEWAY_READ_BUFFER_BYTES` (1024, at least 256): the WebSocket
+    /// read buffer each connection allocates, and the most one read takes.
+    /// The library default (128 KiB) made an idle connection cost about
+    /// 160 KiB, 4096 about 12 KB; larger frames still arrive, in more reads.
     pub read_buffer_bytes: usize,
     /// `CHAT_GATEWAY_WRITE_BUFFER_BYTES` (8192): frames a session's writer
     /// batches before writing to the socket (it also writes at the end of
@@ -180,7 +180,7 @@ impl Config {
                 crate::registry::MAX_WATCHED_CHANGES,
                 1,
             )?,
-            read_buffer_bytes: s.at_least("CHAT_GATEWAY_READ_BUFFER_BYTES", 4096usize, 256)?,
+            read_buffer_bytes: s.at_least("CHAT_GATEWAY_READ_BUFFER_BYTES", 1024usize, 256)?,
             write_buffer_bytes: s.at_least("CHAT_GATEWAY_WRITE_BUFFER_BYTES", 8192usize, 0)?,
             max_sends_in_flight: s.at_least("CHAT_GATEWAY_MAX_SENDS_IN_FLIGHT", 1024usize, 1)?,
         };
@@ -242,7 +242,7 @@ mod tests {
     fn defaults_are_valid() {
         let c = Config::from_source(&MapSource::new()).expect("defaults");
         assert_eq!(c.limits.max_frame_bytes, 65536);
-        assert_eq!(c.limits.read_buffer_bytes, 4096);
+        assert_eq!(c.limits.read_buffer_bytes, 1024);
         assert_eq!(c.limits.write_buffer_bytes, 8192);
         assert_eq!(c.limits.max_sends_in_flight, 1024);
         assert!(c.allowed_origins.is_empty());
