@@ -89,20 +89,7 @@ async fn one_ack_settles_a_run_of_handled_events() {
     let info = consumer.get_info().await.expect("info");
     assert_eq!(info.num_ack_pending, 20, "held, not acked one by one");
 
-    acker.flush().await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let info = consumer.get_info().await.expect("info");
-        if info.num_ack_pending == 0 {
-            assert_eq!(info.ack_floor.stream_sequence, 20);
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still pending: {info:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    settled_up_to(&consumer, &mut acker, 20).await;
 }
 
 #[tokio::test]
@@ -142,19 +129,7 @@ async fn a_new_owner_first_gets_the_earlier_owners_unacked_events_in_order() {
         assert_eq!(body(&m), want, "stream order after the takeover");
         acker.done(m).await;
     }
-    acker.flush().await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let info = consumer.get_info().await.expect("info");
-        if info.num_ack_pending == 0 && info.ack_floor.stream_sequence == 15 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not settled: {info:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    settled_up_to(&consumer, &mut acker, 15).await;
 }
 
 async fn settled_up_to(consumer: &PullConsumer, acker: &mut Acker, seq: u64) {
