@@ -57,20 +57,20 @@ fn count_reorders(nats: &NatsServer) -> (Arc<AtomicU64>, Arc<AtomicU64>) {
         let mut sub = nc.subscribe("gw.*.deliver").await.expect("subscribe");
         let mut last: HashMap<(String, String), u64> = HashMap::new();
         while let Some(m) = sub.next().await {
-            let Ok(d) = serde_json::from_slice::<Delivery>(&m.payload) else {
-                continue;
-            };
-            let (DeliveryKind::Msg, Some(room), Some(seq)) = (d.kind, d.room, d.seq) else {
-                continue;
-            };
-            s.fetch_add(1, Ordering::Relaxed);
-            let prev = last
-                .entry((m.subject.to_string(), room.to_string()))
-                .or_insert(0);
-            if seq < *prev {
-                r.fetch_add(1, Ordering::Relaxed);
+            let all = Delivery::decode_all(&m.payload).expect("deliveries");
+            for d in all {
+                let (DeliveryKind::Msg, Some(room), Some(seq)) = (d.kind, d.room, d.seq) else {
+                    continue;
+                };
+                s.fetch_add(1, Ordering::Relaxed);
+                let prev = last
+                    .entry((m.subject.to_string(), room.to_string()))
+                    .or_insert(0);
+                if seq < *prev {
+                    r.fetch_add(1, Ordering::Relaxed);
+                }
+                *prev = (*prev).max(seq);
             }
-            *prev = (*prev).max(seq);
         }
     });
     (reorders, seen)

@@ -106,6 +106,17 @@ pub enum Routed<'a> {
 }
 
 impl Delivery {
+    /// Decodes the payload of a delivery subject: one delivery, or a JSON
+    /// array of deliveries, in order (fanout coalesces the deliveries of a
+    /// run of events to one subject into one message).
+    pub fn decode_all(payload: &[u8]) -> Result<Vec<Delivery>, serde_json::Error> {
+        if payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            serde_json::from_slice(payload)
+        } else {
+            serde_json::from_slice(payload).map(|d| vec![d])
+        }
+    }
+
     /// The delivery's kind with the fields that kind requires, or why it is
     /// not a valid delivery.
     pub fn routed(&self) -> Result<Routed<'_>, &'static str> {
@@ -225,6 +236,29 @@ pub enum PresenceStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delivery_payload_holds_one_delivery_or_an_array_in_order() {
+        let one = r#"{"v":1,"kind":"msg","users":["u1"],"frame":"a","room":"r","seq":1}"#;
+        let many = format!(
+            " [{one},{}]",
+            one.replace("\"a\"", "\"b\"").replace(":1}", ":2}")
+        );
+        let frames = |p: &str| -> Vec<(String, Option<u64>)> {
+            Delivery::decode_all(p.as_bytes())
+                .unwrap_or_else(|e| panic!("{p}: {e}"))
+                .into_iter()
+                .map(|d| (d.frame, d.seq))
+                .collect()
+        };
+        assert_eq!(frames(one), vec![("a".into(), Some(1))]);
+        assert_eq!(
+            frames(&many),
+            vec![("a".into(), Some(1)), ("b".into(), Some(2))]
+        );
+        assert!(Delivery::decode_all(b"[1]").is_err());
+        assert!(Delivery::decode_all(b"garbage").is_err());
+    }
 
     #[test]
     fn heartbeat_parts_are_a_fixed_function_of_the_user_id() {

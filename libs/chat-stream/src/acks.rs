@@ -113,6 +113,23 @@ impl Acker {
         self.all && !self.exclusive
     }
 
+    /// Whether [`Acker::received`] of `m` will ack the run in hand (it
+    /// notices a gap): a caller that must do something before any ack (e.g.
+    /// publish what the run produced) does it first.
+    pub fn acks_on_receiving(&self, m: &Message) -> bool {
+        self.all
+            && self.exclusive
+            && self
+                .next_delivery
+                .is_some_and(|e| m.info().ok().is_some_and(|i| i.consumer_sequence != e))
+    }
+
+    /// Whether [`Acker::done`] will send an ack (explicit acks, or the run
+    /// is full).
+    pub fn acks_on_done(&self) -> bool {
+        !self.all || self.held.len() + 1 >= self.max
+    }
+
     /// `m` was received: call it for every message, before handling it. A
     /// delivery numbered past the one expected means one went missing (to
     /// another client, or lost in flight): the run before it is acked, and

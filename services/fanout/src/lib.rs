@@ -5,6 +5,7 @@
 mod config;
 mod heads;
 mod members;
+mod outbox;
 mod pipeline;
 mod plan;
 mod relay;
@@ -79,15 +80,6 @@ impl Fanout {
         Ok(())
     }
 
-    /// Publishes a room-wide delivery once, on `rooms.deliver`, for every
-    /// gateway.
-    async fn publish_room_wide(&self, delivery: Delivery) -> Result<(), PublishError> {
-        self.publish_on(names::ROOM_DELIVER.to_string(), &delivery)
-            .await?;
-        metrics::counter!("chat_fanout_room_wide_deliveries_total").increment(1);
-        Ok(())
-    }
-
     async fn publish_on(&self, subject: String, delivery: &Delivery) -> Result<(), PublishError> {
         let body = match serde_json::to_vec(delivery) {
             Ok(b) => b,
@@ -98,6 +90,11 @@ impl Fanout {
                 });
             }
         };
+        self.publish_raw(subject, body).await
+    }
+
+    /// Publishes an encoded delivery (or a JSON array of them, `outbox`).
+    async fn publish_raw(&self, subject: String, body: Vec<u8>) -> Result<(), PublishError> {
         self.client
             .publish(subject.clone(), body.into())
             .await

@@ -1,7 +1,8 @@
 //! The room pipeline: one task per owned partition of the room stream, on
 //! that partition's pinned durable consumer (ADR 0009). Within a partition
-//! events are handled strictly in stream order, one by one, and acked
-//! (a run at a time) after their deliveries were published; a room always falls in the same
+//! events are handled strictly in stream order, one by one, and acked a
+//! run at a time after the run's deliveries were published (coalesced per
+//! gateway); a room always falls in the same
 //! partition, so its events reach the gateways in order even with several
 //! fanout instances.
 
@@ -21,6 +22,7 @@ use tracing::instrument;
 
 use crate::Fanout;
 use crate::members::MemberSet;
+use crate::outbox::Outbox;
 use crate::plan::{self, Context};
 
 /// First retry delay after a failure; doubles per delivery attempt.
@@ -42,15 +44,19 @@ enum Outcome {
 /// Pulls and handles one partition's room events until `stop` (the
 /// partition moved to another instance, or shutdown); returns the pull
 /// stream in hand, whose unhandled messages the caller hands back. Handled
-/// events are acknowledged when nothing more is waiting, or every
-/// `batch_size` events (one ack for the run, `acks::Acker`).
+/// events form a run: when nothing more is waiting (or the run is full),
+/// its deliveries are published, coalesced per gateway (`outbox`), and
+/// then the run is acked with one ack (`acks::Acker`).
 pub async fn serve(
     fanout: Fanout,
     consumer: PullConsumer,
     batch_size: usize,
     stop: Shutdown,
 ) -> Option<partitions::PullStream> {
-    let mut acker = Acker::start(&consumer, batch_size, "fanout").await;
+    let mut run = Run {
+        outbox: Outbox::default(),
+        acker: Acker::start(&consumer, batch_size, "fanout").await,
+    };
     while !stop.is_cancelled() {
         let pulled = tokio::select! {
             _ = stop.cancelled() => break,
@@ -68,8 +74,10 @@ pub async fn serve(
             let next = match messages.next().now_or_never() {
                 Some(m) => m,
                 None => {
-                    // Caught up: settle what was handled before waiting.
-                    acker.flush().await;
+                    // Caught up: publish and settle the run before waiting.
+                    if !run.flush(&fanout, &stop).await {
+                        return Some(messages);
+                    }
                     tokio::select! {
                         biased;
                         _ = stop.cancelled() => return Some(messages),
@@ -86,62 +94,126 @@ pub async fn serve(
                 }
             };
             if stop.is_cancelled() {
-                acker.settle(msg, AckKind::Nak(None)).await;
+                run.settle(&fanout, msg, AckKind::Nak(None), &stop).await;
                 return Some(messages);
             }
-            acker.received(&msg).await;
-            if !process(&fanout, msg, &mut acker, &stop).await {
+            if !run.received(&fanout, &msg, &stop).await
+                || !process(&fanout, msg, &mut run, &stop).await
+            {
                 return Some(messages);
             }
         }
-        acker.flush().await;
+        if !run.flush(&fanout, &stop).await {
+            return None;
+        }
     }
-    acker.flush().await;
+    run.flush(&fanout, &stop).await;
     None
 }
 
-/// Handles one message to the end: ack, term, or — when a dependency fails —
+/// A run of handled events: their deliveries, coalesced, and their acks.
+/// Deliveries always go out before any ack that settles their events.
+struct Run {
+    outbox: Outbox,
+    acker: Acker,
+}
+
+impl Run {
+    /// Publishes the run's deliveries, retrying with backoff until they are
+    /// out; false if `stop` came first (the run then stays unacked, and the
+    /// partition's next owner gets its events again).
+    async fn publish(&mut self, fanout: &Fanout, stop: &Shutdown) -> bool {
+        let mut attempt = 0u32;
+        while !self.outbox.is_empty() {
+            let Err(e) = self.outbox.publish(fanout).await else {
+                break;
+            };
+            tracing::warn!(error = %e, "delivery publish failed; will retry");
+            metrics::counter!("chat_fanout_retries_total").increment(1);
+            let delay = backoff(attempt);
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                _ = stop.cancelled() => return false,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        true
+    }
+
+    /// Publishes the run's deliveries, then acks its events.
+    async fn flush(&mut self, fanout: &Fanout, stop: &Shutdown) -> bool {
+        if !self.publish(fanout, stop).await {
+            return false;
+        }
+        self.acker.flush().await;
+        true
+    }
+
+    async fn received(&mut self, fanout: &Fanout, m: &Message, stop: &Shutdown) -> bool {
+        if self.acker.acks_on_receiving(m) && !self.publish(fanout, stop).await {
+            return false;
+        }
+        self.acker.received(m).await;
+        true
+    }
+
+    async fn done(&mut self, fanout: &Fanout, m: Message, stop: &Shutdown) -> bool {
+        if (self.acker.acks_on_done() || self.outbox.full()) && !self.publish(fanout, stop).await {
+            return false;
+        }
+        self.acker.done(m).await;
+        true
+    }
+
+    async fn settle(&mut self, fanout: &Fanout, m: Message, kind: AckKind, stop: &Shutdown) {
+        if self.publish(fanout, stop).await {
+            self.acker.settle(m, kind).await;
+        }
+    }
+}
+
+/// Handles one message to the end: done, term, or — when a dependency fails —
 /// retry it here with backoff, keeping it in progress, so no later event
 /// overtakes it (a nak would let the open pull hand out later events first).
 /// Returns false when `stop` interrupted it (it is then nak'd for the
-/// partition's next owner, after the events handled before it are acked).
-async fn process(fanout: &Fanout, msg: Message, acker: &mut Acker, shutdown: &Shutdown) -> bool {
+/// partition's next owner, after the run before it is published and acked).
+async fn process(fanout: &Fanout, msg: Message, run: &mut Run, shutdown: &Shutdown) -> bool {
     let mut attempt = 0u32;
     loop {
-        match handle(fanout, &msg).await {
-            Outcome::Done => {
-                acker.done(msg).await;
-                return true;
-            }
+        match handle(fanout, &msg, &mut run.outbox).await {
+            Outcome::Done => return run.done(fanout, msg, shutdown).await,
             Outcome::Poison => {
-                acker.settle(msg, AckKind::Term).await;
+                run.settle(fanout, msg, AckKind::Term, shutdown).await;
                 return true;
             }
             Outcome::Retry => {
-                // The events before it are delivered: do not let them wait
-                // (and be redelivered) while this one is retried.
-                acker.flush().await;
+                // The events before it are handled: publish and settle them
+                // rather than let them wait (and be redelivered) meanwhile.
+                if !run.flush(fanout, shutdown).await {
+                    return false;
+                }
                 let delay = backoff(attempt);
                 attempt = attempt.saturating_add(1);
                 metrics::counter!("chat_fanout_retries_total").increment(1);
                 tokio::select! {
                     _ = shutdown.cancelled() => {
-                        acker.settle(msg, AckKind::Nak(None)).await;
+                        run.settle(fanout, msg, AckKind::Nak(None), shutdown).await;
                         return false;
                     }
                     _ = tokio::time::sleep(delay) => {}
                 }
                 // Keep JetStream from redelivering it elsewhere meanwhile.
-                acker.progress(&msg).await;
+                run.acker.progress(&msg).await;
             }
         }
     }
 }
 
 /// Handles one room event: recipients, one encoded frame, one delivery per
-/// gateway (or one room-wide delivery for a large room).
+/// gateway (or one room-wide delivery for a large room), into the run's
+/// outbox.
 #[instrument(skip_all, fields(room, seq))]
-async fn handle(fanout: &Fanout, msg: &Message) -> Outcome {
+async fn handle(fanout: &Fanout, msg: &Message, outbox: &mut Outbox) -> Outcome {
     let ev: RoomEvent = match serde_json::from_slice(&msg.payload) {
         Ok(ev) => ev,
         Err(e) => {
@@ -176,19 +248,19 @@ async fn handle(fanout: &Fanout, msg: &Message) -> Outcome {
     };
     let ctx_membership = membership.clone();
     let ctx = Context::event(&ev.room, ev.seq, membership);
-    // A large room: one publish, and no per-member work here (each gateway
+    // A large room: one delivery, and no per-member work here (each gateway
     // knows its sessions' rooms).
-    let published = if recipients.len() >= fanout.room_wide_min_members {
-        fanout
-            .publish_room_wide(plan::room_wide(&frame, &ctx))
-            .await
+    if recipients.len() >= fanout.room_wide_min_members {
+        outbox.push(
+            names::ROOM_DELIVER.to_string(),
+            plan::room_wide(&frame, &ctx),
+        );
+        metrics::counter!("chat_fanout_room_wide_deliveries_total").increment(1);
     } else {
-        let out = plan::deliveries(&fanout.view, &recipients, &frame, &ctx);
-        fanout.publish(out).await
-    };
-    if let Err(e) = published {
-        tracing::warn!(error = %e, "delivery publish failed; will retry");
-        return Outcome::Retry;
+        push_all(
+            outbox,
+            plan::deliveries(&fanout.view, &recipients, &frame, &ctx),
+        );
     }
     metrics::counter!("chat_fanout_events_total").increment(1);
     if let EventBody::Msg { .. } = &ev.body {
@@ -216,14 +288,20 @@ async fn handle(fanout: &Fanout, msg: &Message) -> Outcome {
         op: MemberOp::Join,
     } = &ev.body
     {
-        // Best effort: the event itself is delivered, so a failure here is
-        // logged, not retried (a retry would deliver the event twice).
-        let out = crate::relay::presence_on_join(fanout, &recipients, user);
-        if let Err(e) = fanout.publish(out).await {
-            tracing::warn!(error = %e, "presence on join not delivered");
-        }
+        // After the join's own deliveries, in the same run.
+        push_all(
+            outbox,
+            crate::relay::presence_on_join(fanout, &recipients, user),
+        );
     }
     Outcome::Done
+}
+
+fn push_all(outbox: &mut Outbox, out: Vec<(chat_core::GatewayId, chat_core::events::Delivery)>) {
+    for (gw, delivery) in out {
+        outbox.push(names::gateway_deliver(&gw), delivery);
+        metrics::counter!("chat_fanout_deliveries_total").increment(1);
+    }
 }
 
 /// Who receives `ev`, applying membership events to the cache in stream

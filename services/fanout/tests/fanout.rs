@@ -65,6 +65,8 @@ struct App {
     presence: kv::Store,
     directory: Arc<Mutex<Directory>>,
     deliveries: async_nats::Subscriber,
+    /// Deliveries of a coalesced message not yet taken.
+    pending: std::collections::VecDeque<(GatewayId, Delivery)>,
     shutdown: Shutdown,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     addr: SocketAddr,
@@ -127,6 +129,7 @@ async fn spawn_app_with(extra: &[(&str, &str)]) -> App {
         presence,
         directory,
         deliveries,
+        pending: Default::default(),
         shutdown,
         task,
         addr,
@@ -222,6 +225,9 @@ impl App {
     }
 
     async fn next_delivery(&mut self) -> (GatewayId, Delivery) {
+        if let Some(next) = self.pending.pop_front() {
+            return next;
+        }
         let msg = within(WAIT, "a delivery", self.deliveries.next())
             .await
             .expect("subscriptions open");
@@ -232,8 +238,12 @@ impl App {
             .and_then(|s| s.strip_suffix(".deliver"))
             .map(g)
             .expect("gw.<id>.deliver");
-        let d: Delivery = serde_json::from_slice(&msg.payload).expect("valid delivery");
-        (gw, d)
+        let mut all = Delivery::decode_all(&msg.payload).expect("valid deliveries");
+        assert!(!all.is_empty(), "an empty coalesced delivery");
+        let first = all.remove(0);
+        self.pending
+            .extend(all.into_iter().map(|d| (gw.clone(), d)));
+        (gw, first)
     }
 
     /// Publishes a sentinel room event and returns every delivery published
@@ -288,8 +298,8 @@ impl App {
             let got =
                 tokio::time::timeout(Duration::from_millis(300), self.deliveries.next()).await;
             if let Ok(Some(msg)) = got {
-                let d: Delivery = serde_json::from_slice(&msg.payload).expect("delivery");
-                if d.room.is_none() {
+                let all = Delivery::decode_all(&msg.payload).expect("deliveries");
+                if all.iter().any(|d| d.room.is_none()) {
                     break;
                 }
             }
@@ -690,5 +700,54 @@ async fn a_presence_snapshot_lists_online_co_members_and_refuses_garbage() {
             Reply::Ok(s) => panic!("{} answered {s:?}", String::from_utf8_lossy(&body)),
         }
     }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_burst_of_events_reaches_a_gateway_coalesced_and_in_order() {
+    let mut app = spawn_app().await;
+    app.set_members("r1", &["alice", "bob"]);
+    app.online("alice", "g1").await;
+    app.online("bob", "g1").await;
+    let first = app.say("r1", "alice", "warm-up").await;
+    let got = app.deliveries_before_room_sentinel().await;
+    assert_eq!(
+        by_gateway(&got, &first),
+        vec![("g1".into(), vec![u("alice"), u("bob")])]
+    );
+
+    // Hold the events back, then let them through at once: a run.
+    let stream = app.js.get_stream(names::ROOM_STREAM).await.expect("stream");
+    let durable = names::partition_durable(names::FANOUT_DURABLE, 0);
+    let until = time::OffsetDateTime::now_utc() + Duration::from_secs(60);
+    stream.pause_consumer(&durable, until).await.expect("pause");
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        sent.push(app.say("r1", "alice", &format!("m{i}")).await.seq);
+    }
+    stream.resume_consumer(&durable).await.expect("resume");
+
+    let (mut messages, mut seqs) = (0, Vec::new());
+    while seqs.len() < sent.len() {
+        let msg = within(WAIT, "deliveries", app.deliveries.next())
+            .await
+            .expect("subscription open");
+        let r1: Vec<u64> = Delivery::decode_all(&msg.payload)
+            .expect("deliveries")
+            .into_iter()
+            .filter(|d| d.room == Some(r("r1")))
+            .filter_map(|d| d.seq)
+            .collect();
+        if !r1.is_empty() {
+            assert_eq!(msg.subject.as_str(), "gw.g1.deliver");
+            messages += 1;
+            seqs.extend(r1);
+        }
+    }
+    assert_eq!(seqs, sent, "every event once, in order");
+    assert!(
+        messages < sent.len(),
+        "20 events took {messages} messages: not coalesced"
+    );
     app.stop().await;
 }

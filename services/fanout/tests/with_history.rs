@@ -151,13 +151,14 @@ async fn events_of_a_room_made_through_history_reach_its_online_members() {
         let m = within(WAIT, "deliveries", deliveries.next())
             .await
             .expect("subscriptions open");
-        let d: Delivery = serde_json::from_slice(&m.payload).expect("delivery");
-        // Presence deliveries (sent on join) carry no room sequence.
-        let Some(seq) = d.seq else { continue };
-        by_seq
-            .entry(seq)
-            .or_default()
-            .push((m.subject.to_string(), d));
+        for d in Delivery::decode_all(&m.payload).expect("deliveries") {
+            // Presence deliveries (sent on join) carry no room sequence.
+            let Some(seq) = d.seq else { continue };
+            by_seq
+                .entry(seq)
+                .or_default()
+                .push((m.subject.to_string(), d));
+        }
     }
 
     let join = &by_seq[&join_seq];

@@ -125,17 +125,26 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> an
     let registry = st.registry.clone();
     let delivery_task = tokio::spawn(async move {
         while let Some(msg) = deliveries.next().await {
-            let delivered = serde_json::from_slice::<Delivery>(&msg.payload)
-                .map_err(|e| e.to_string())
-                .and_then(|d| registry.deliver(d).map_err(str::to_string));
-            match delivered {
-                Ok(n) => {
-                    metrics::counter!("chat_gateway_deliveries_total").increment(1);
-                    metrics::counter!("chat_gateway_delivered_frames_total").increment(n as u64);
-                }
+            let all = match Delivery::decode_all(&msg.payload) {
+                Ok(all) => all,
                 Err(e) => {
                     metrics::counter!("chat_gateway_bad_deliveries_total").increment(1);
                     tracing::warn!(error = %e, "unreadable delivery dropped");
+                    continue;
+                }
+            };
+            // In order: a coalesced message holds a run of room events.
+            for d in all {
+                match registry.deliver(d) {
+                    Ok(n) => {
+                        metrics::counter!("chat_gateway_deliveries_total").increment(1);
+                        metrics::counter!("chat_gateway_delivered_frames_total")
+                            .increment(n as u64);
+                    }
+                    Err(e) => {
+                        metrics::counter!("chat_gateway_bad_deliveries_total").increment(1);
+                        tracing::warn!(error = %e, "invalid delivery dropped");
+                    }
                 }
             }
         }
