@@ -119,8 +119,19 @@ async fn a_new_owner_first_gets_the_earlier_owners_unacked_events_in_order() {
         .expect("unpin");
     publish(&js, 11..=15).await;
 
-    // The new owner gets 4.. in order, not 6.. first and 4 and 5 after the
-    // ack wait; and it acks them all with one ack.
+    // The new owner — a fanout instance, with fanout's permissions (it may
+    // reset its own durables) — gets 4.. in order, not 6.. first and 4 and
+    // 5 after the ack wait; and it acks them all with one ack.
+    let fanout = chat_testkit::connect_as(&nats.url(), chat_testkit::Role::Fanout)
+        .await
+        .expect("fanout connects");
+    let consumer: PullConsumer = jetstream::new(fanout)
+        .get_stream(names::ROOM_STREAM)
+        .await
+        .expect("stream, as fanout")
+        .get_consumer(&consumer.cached_info().name)
+        .await
+        .expect("its durable, as fanout");
     let mut acker = Acker::start(&consumer, 64, "test").await;
     assert!(!acker.waiting_for_others());
     let mut messages = partitions::pull(&consumer, 64).await.expect("pull");
