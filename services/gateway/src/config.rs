@@ -42,16 +42,11 @@ pub struct Limits {
     /// (between reading its rooms and registering it); one more and that
     /// session is refused with `unavailable` and close 1011, to retry.
     pub max_changes_while_connecting: usize,
-    /// `CHAT_GATEWAY_READ_BUFFER_BYTES` (1024, at least 256): the WebSocket
-    /// read buffer each connection allocates, and the most one read takes.
-    /// The library default (128 KiB) made an idle connection cost about
-    /// 160 KiB, 4096 about 12 KB; larger frames still arrive, in more reads.
-    pub read_buffer_bytes: usize,
-    /// `CHAT_GATEWAY_WRITE_BUFFER_BYTES` (8192): frames a session's writer
-    /// batches before writing to the socket (it also writes at the end of
-    /// each batch of up to 64 queued frames). The buffer keeps its size
-    /// after a burst, so this bounds a busy session's write memory; 0
-    /// writes every frame on its own.
+    /// `CHAT_GATEWAY_WRITE_BUFFER_BYTES` (8192): bytes of frames a
+    /// session's writer holds before writing them to the socket (it also
+    /// writes at the end of each batch of up to 64 queued frames, one
+    /// `writev`); it holds nothing once they are written. 0 writes every
+    /// frame on its own.
     pub write_buffer_bytes: usize,
     /// `CHAT_GATEWAY_MAX_SENDS_IN_FLIGHT` (1024, at least 1): sends this
     /// gateway appends at once; one more is refused at once with
@@ -180,7 +175,6 @@ impl Config {
                 crate::registry::MAX_WATCHED_CHANGES,
                 1,
             )?,
-            read_buffer_bytes: s.at_least("CHAT_GATEWAY_READ_BUFFER_BYTES", 1024usize, 256)?,
             write_buffer_bytes: s.at_least("CHAT_GATEWAY_WRITE_BUFFER_BYTES", 8192usize, 0)?,
             max_sends_in_flight: s.at_least("CHAT_GATEWAY_MAX_SENDS_IN_FLIGHT", 1024usize, 1)?,
         };
@@ -242,7 +236,6 @@ mod tests {
     fn defaults_are_valid() {
         let c = Config::from_source(&MapSource::new()).expect("defaults");
         assert_eq!(c.limits.max_frame_bytes, 65536);
-        assert_eq!(c.limits.read_buffer_bytes, 1024);
         assert_eq!(c.limits.write_buffer_bytes, 8192);
         assert_eq!(c.limits.max_sends_in_flight, 1024);
         assert!(c.allowed_origins.is_empty());
@@ -307,13 +300,6 @@ mod tests {
 
     #[test]
     fn limits_are_checked_at_their_edges() {
-        edge(
-            "CHAT_GATEWAY_READ_BUFFER_BYTES",
-            "256",
-            |c| c.limits.read_buffer_bytes,
-            256,
-            "255",
-        );
         // 0 writes each frame at once; a negative size is no size.
         edge(
             "CHAT_GATEWAY_WRITE_BUFFER_BYTES",

@@ -28,7 +28,7 @@ const FILL_POLL: Duration = Duration::from_millis(25);
 /// message. Returns whether the whole range was written.
 pub async fn fill(
     st: &AppState,
-    sink: &mut Sink,
+    sink: &mut Sink<'_>,
     cursors: &mut Cursors,
     room: &RoomId,
     after: u64,
@@ -93,7 +93,7 @@ pub async fn fill(
 /// Writes `events` while they continue `cur` without a hole; returns
 /// whether any was written.
 async fn write_contiguous(
-    sink: &mut Sink,
+    sink: &mut Sink<'_>,
     cursors: &mut Cursors,
     room: &RoomId,
     cur: &mut u64,

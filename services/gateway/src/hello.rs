@@ -9,11 +9,9 @@ use std::collections::BTreeMap;
 use chat_core::svc::ErrorCode;
 use chat_core::wire::{PROTOCOL_VERSION, ServerFrame, close};
 use chat_core::{RoomId, UserId};
-use futures::stream::SplitStream;
 
-use crate::session::{Incoming, next_frame};
 use crate::state::AppState;
-use crate::upgrade::Socket;
+use crate::ws::{Incoming, Reader, Writer};
 
 /// An authenticated `hello`.
 #[derive(Debug)]
@@ -63,14 +61,29 @@ impl Refusal {
     }
 }
 
+/// The first data frame (pings before it are answered).
+async fn first_frame(reader: &mut Reader<'_>, writer: &mut Writer<'_>) -> Incoming {
+    loop {
+        match reader.next().await {
+            Incoming::Ping(p) => {
+                if writer.pong(p).is_err() || writer.flush().await.is_err() {
+                    return Incoming::Closed;
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Waits for the first frame and checks it; the user and resume map of a
 /// valid `hello` with a good token.
 pub async fn authenticate(
     st: &AppState,
-    stream: &mut SplitStream<Socket>,
+    reader: &mut Reader<'_>,
+    writer: &mut Writer<'_>,
 ) -> Result<Hello, Refusal> {
     let limits = &st.config.limits;
-    let first = match tokio::time::timeout(limits.auth_timeout, next_frame(stream)).await {
+    let first = match tokio::time::timeout(limits.auth_timeout, first_frame(reader, writer)).await {
         Err(_) => {
             return Err(Refusal::close_only(
                 close::AUTH_TIMEOUT,
@@ -85,7 +98,9 @@ pub async fn authenticate(
             ));
         }
         Ok(Incoming::Violation { code, reason }) => return Err(Refusal::close_only(code, reason)),
-        Ok(Incoming::Closed) => return Err(Refusal::close_only(1000, "")),
+        Ok(Incoming::CloseFrame(_) | Incoming::Closed | Incoming::Ping(_)) => {
+            return Err(Refusal::close_only(1000, ""));
+        }
     };
     let chat_core::decode::Hello { v, token, resume } = parse(&first)?;
     if v != PROTOCOL_VERSION {

@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod fill;
+pub mod frame;
 pub mod hello;
 pub mod http_routes;
 pub mod ordering;
@@ -24,6 +25,7 @@ pub mod start;
 pub mod state;
 pub mod upgrade;
 pub mod writer;
+pub mod ws;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

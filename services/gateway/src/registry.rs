@@ -47,6 +47,8 @@ pub enum Out {
     /// The user left `room`: the session forgets its position there, so a
     /// session that joins and leaves many rooms holds no state for them.
     Forget(RoomId),
+    /// Answer the client's ping with this payload.
+    Pong(bytes::Bytes),
 }
 
 /// The part of a session other tasks may touch.

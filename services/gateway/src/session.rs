@@ -1,8 +1,9 @@
-//! One WebSocket session: `hello` (`hello.rs`), setting up (`start.rs`),
-//! then a reader loop (this task) and a writer task (`writer.rs`) that
-//! owns the socket's sink and drains a bounded queue. When either ends, the
-//! other is stopped; every server-initiated close carries a documented code
-//! and reason, and the socket lingers after it (`upgrade::linger`).
+//! One WebSocket session, one task: `hello` (`hello.rs`), setting up
+//! (`start.rs`), then a read loop (here) and the writer (`writer.rs`),
+//! which drains a bounded queue, run side by side on the same socket
+//! (`ws`). When either ends, the other is stopped; every server-initiated
+//! close carries a documented code and reason, and the socket lingers
+//! after it (`upgrade::linger`).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -11,18 +12,17 @@ use std::time::{Duration, Instant};
 use chat_core::UserId;
 use chat_core::svc::ErrorCode;
 use chat_core::wire::{ServerFrame, close};
-use futures::stream::{SplitSink, SplitStream};
-use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use tungstenite::protocol::CloseFrame;
-use tungstenite::{Message, Utf8Bytes};
+use tungstenite::Utf8Bytes;
 
 use crate::hello::Refusal;
-use crate::registry::{AddError, SessionHandle};
+use crate::registry::{AddError, Out, SessionHandle};
 use crate::state::AppState;
-use crate::upgrade::{Socket, linger};
+use crate::upgrade::linger;
+use crate::ws::{Incoming, Reader, Writer};
 
 /// Token bucket: `rate` frames per second, at most `burst` at once.
 pub struct RateLimiter {
@@ -68,179 +68,196 @@ pub fn encode(frame: &ServerFrame) -> Utf8Bytes {
     }
 }
 
-/// What the next client frame was.
-pub enum Incoming {
-    Text(Utf8Bytes),
-    Binary,
-    /// The client broke the WebSocket protocol: close with `code`.
-    Violation {
-        code: u16,
-        reason: String,
-    },
-    Closed,
-}
-
-/// The next data frame (pings and pongs are answered by the library).
-pub async fn next_frame(stream: &mut SplitStream<Socket>) -> Incoming {
-    loop {
-        match stream.next().await {
-            Some(Ok(Message::Text(t))) => return Incoming::Text(t),
-            Some(Ok(Message::Binary(_))) => return Incoming::Binary,
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-            Some(Ok(Message::Close(_))) | None => return Incoming::Closed,
-            Some(Err(e)) => return violation(e),
-        }
-    }
-}
-
-/// RFC 6455 §7.4.1: 1009 for too big, 1007 for a text frame that is not
-/// UTF-8, 1002 for any other protocol violation; a dropped socket is just
-/// closed.
-pub fn violation(e: tungstenite::Error) -> Incoming {
-    use tungstenite::error::ProtocolError;
-    match e {
-        tungstenite::Error::Capacity(c) => {
-            metrics::counter!("chat_gateway_frames_too_big_total").increment(1);
-            Incoming::Violation {
-                code: close::TOO_BIG,
-                reason: format!("frame too large: {c}"),
-            }
-        }
-        tungstenite::Error::Utf8(_) => Incoming::Violation {
-            code: close::INVALID_PAYLOAD,
-            reason: "text frame is not valid UTF-8".into(),
-        },
-        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-            Incoming::Closed
-        }
-        tungstenite::Error::Protocol(p) => {
-            metrics::counter!("chat_gateway_protocol_errors_total").increment(1);
-            Incoming::Violation {
-                code: close::PROTOCOL_ERROR,
-                reason: format!("protocol error: {p}"),
-            }
-        }
-        _ => Incoming::Closed,
-    }
-}
-
-/// Runs one session to its end. `_slot` holds the socket's place under the
-/// connection limit.
-pub async fn run(st: AppState, socket: Socket, _slot: Option<OwnedSemaphorePermit>) {
+/// Runs one session to its end on `tcp` (`early`: bytes the client sent
+/// right after its upgrade request). `_slot` holds the socket's place
+/// under the connection limit.
+pub async fn run(
+    st: AppState,
+    mut tcp: TcpStream,
+    early: bytes::Bytes,
+    _slot: Option<OwnedSemaphorePermit>,
+) {
     metrics::gauge!("chat_gateway_connections").increment(1.0);
     let session_id = st.next_session.fetch_add(1, Ordering::Relaxed);
-    let (sink, mut stream) = socket.split();
+    {
+        let limits = &st.config.limits;
+        let mut reader = Reader::new(&tcp, &early, limits.max_frame_bytes);
+        drop(early);
+        let mut writer = Writer::new(&tcp, limits.write_buffer_bytes);
+        // Every step that awaits another service is boxed: an async fn's
+        // state is as large as its largest await point, and an idle
+        // session should hold only what it needs while it waits.
+        Box::pin(session(&st, session_id, &mut reader, &mut writer)).await;
+    }
+    Box::pin(linger(&mut tcp)).await;
+    metrics::gauge!("chat_gateway_connections").decrement(1.0);
+}
 
-    // Every step that awaits another service is boxed: an async fn's state
-    // is as large as its largest await point, and an idle session should
-    // hold only what it needs while it waits for the next frame.
-    let hello = match Box::pin(crate::hello::authenticate(&st, &mut stream)).await {
+/// What a session that has started runs on.
+struct Started {
+    user: UserId,
+    handle: SessionHandle,
+    rx: crate::queue::Receiver<Out>,
+    start: Box<crate::writer::Start>,
+    exp: u64,
+    scopes: crate::scopes::Scopes,
+}
+
+async fn session(st: &AppState, session_id: u64, reader: &mut Reader<'_>, writer: &mut Writer<'_>) {
+    let hello = match Box::pin(crate::hello::authenticate(st, reader, writer)).await {
         Ok(h) => h,
         Err(refusal) => {
-            Box::pin(refuse(sink, stream, refusal)).await;
-            metrics::gauge!("chat_gateway_connections").decrement(1.0);
+            Box::pin(refuse(writer, refusal)).await;
             return;
         }
     };
+    let span = tracing::info_span!("session", session = session_id, user = %hello.user);
+    // Setting up runs in its own (boxed) future, so the state a session
+    // keeps for its life is only what `live` needs.
+    let set_up = set_up(st, session_id, hello, writer).instrument(span.clone());
+    if let Some(started) = Box::pin(set_up).await {
+        // Boxed, and taken apart in `live`: an async fn's arguments would
+        // otherwise stay in its state beside the parts taken from them.
+        live(st, session_id, started, reader, writer)
+            .instrument(span)
+            .await;
+    }
+}
+
+/// Registers an authenticated session (or refuses it): its rooms and
+/// resume positions, its queue, presence.
+async fn set_up(
+    st: &AppState,
+    session_id: u64,
+    hello: crate::hello::Hello,
+    writer: &mut Writer<'_>,
+) -> Option<Box<Started>> {
     let user = hello.user;
     let (sid, exp, scopes) = (hello.sid, hello.exp, hello.scopes);
-    let span = tracing::info_span!("session", session = session_id, user = %user);
-    async move {
-        let cap = st.config.limits.max_connections_per_user;
-        if st.registry.sessions_of(&user) >= cap {
-            Box::pin(refuse(sink, stream, too_many(cap))).await;
-            return;
+    let cap = st.config.limits.max_connections_per_user;
+    if st.registry.sessions_of(&user) >= cap {
+        Box::pin(refuse(writer, too_many(cap))).await;
+        return None;
+    }
+    // Membership changes delivered while the rooms are read are kept for
+    // `add`, which knows only registered users otherwise.
+    let watch = st.registry.watch_changes(&user);
+    let (rooms, mut start) = match Box::pin(crate::start::prepare(st, &user, hello.resume)).await {
+        Ok(ok) => ok,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot set the session up");
+            let refusal = Refusal::with_error(
+                close::INTERNAL,
+                e.code(),
+                "backend unavailable, retry".into(),
+            );
+            Box::pin(refuse(writer, refusal)).await;
+            return None;
         }
-        // Membership changes delivered while the rooms are read are kept
-        // for `add`, which knows only registered users otherwise.
-        let watch = st.registry.watch_changes(&user);
-        let (rooms, mut start) =
-            match Box::pin(crate::start::prepare(&st, &user, hello.resume)).await {
-                Ok(ok) => ok,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot set the session up");
-                    let refusal = Refusal::with_error(
-                        close::INTERNAL,
-                        e.code(),
-                        "backend unavailable, retry".into(),
-                    );
-                    Box::pin(refuse(sink, stream, refusal)).await;
-                    return;
-                }
-            };
-        let (tx, rx) = crate::queue::bounded(st.config.limits.queue_depth);
-        let handle = SessionHandle {
-            tx,
-            kill: CancellationToken::new(),
-            close_reason: Arc::new(Mutex::new(None)),
-            sid: Arc::new(Mutex::new(sid.clone())),
-        };
-        let snapshot_rooms = rooms.clone();
-        // From here on deliveries reach the session's queue; the writer
-        // writes `welcome` before any of them.
-        match st
-            .registry
-            .add(&user, session_id, handle.clone(), rooms, cap, watch)
-        {
-            Ok(true) => Box::pin(st.presence.connect(&user)).await,
-            Ok(false) => {}
-            Err(AddError::TooManySessions(_)) => {
-                Box::pin(refuse(sink, stream, too_many(cap))).await;
-                return;
-            }
-            Err(AddError::MissedChanges) => {
-                let refusal = Refusal::with_error(
-                    close::INTERNAL,
-                    ErrorCode::Unavailable,
-                    "rooms changed while connecting, retry".into(),
-                );
-                Box::pin(refuse(sink, stream, refusal)).await;
-                return;
-            }
+    };
+    let (tx, rx) = crate::queue::bounded(st.config.limits.queue_depth);
+    let handle = SessionHandle {
+        tx,
+        kill: CancellationToken::new(),
+        close_reason: Arc::new(Mutex::new(None)),
+        sid: Arc::new(Mutex::new(sid.clone())),
+    };
+    let snapshot_rooms = rooms.clone();
+    // From here on deliveries reach the session's queue; the writer writes
+    // `welcome` before any of them.
+    match st
+        .registry
+        .add(&user, session_id, handle.clone(), rooms, cap, watch)
+    {
+        Ok(true) => Box::pin(st.presence.connect(&user)).await,
+        Ok(false) => {}
+        Err(AddError::TooManySessions(_)) => {
+            Box::pin(refuse(writer, too_many(cap))).await;
+            return None;
         }
-        // A revocation that arrived while this session was being set up
-        // found nothing to close: check again now that it is registered.
-        if sid.as_deref().is_some_and(|s| st.revocations.is_revoked(s)) {
-            handle.close(close::REVOKED, "session revoked: sign in again");
+        Err(AddError::MissedChanges) => {
+            let refusal = Refusal::with_error(
+                close::INTERNAL,
+                ErrorCode::Unavailable,
+                "rooms changed while connecting, retry".into(),
+            );
+            Box::pin(refuse(writer, refusal)).await;
+            return None;
         }
-        let (snapshot_tx, snapshot_rx) = oneshot::channel();
-        start.presence = Some(snapshot_rx);
-        tokio::spawn(crate::co_presence::snapshot(
-            st.clone(),
-            user.clone(),
-            snapshot_rooms,
-            snapshot_tx,
-        ));
-        let writer = tokio::spawn(crate::writer::run(
-            st.clone(),
-            sink,
-            rx,
-            handle.kill.clone(),
-            handle.close_reason.clone(),
-            start,
-        ));
-        tracing::debug!("session authenticated");
+    }
+    // A revocation that arrived while this session was being set up found
+    // nothing to close: check again now that it is registered.
+    if sid.as_deref().is_some_and(|s| st.revocations.is_revoked(s)) {
+        handle.close(close::REVOKED, "session revoked: sign in again");
+    }
+    let (snapshot_tx, snapshot_rx) = oneshot::channel();
+    start.presence = Some(snapshot_rx);
+    tokio::spawn(crate::co_presence::snapshot(
+        st.clone(),
+        user.clone(),
+        snapshot_rooms,
+        snapshot_tx,
+    ));
+    tracing::debug!("session authenticated");
+    Some(Box::new(Started {
+        user,
+        handle,
+        rx,
+        start: Box::new(start),
+        exp,
+        scopes,
+    }))
+}
 
-        read_loop(&st, &user, &handle, &mut stream, exp, scopes).await;
-
-        if st.registry.remove(&user, session_id) {
-            Box::pin(st.presence.disconnect(&user)).await;
+/// The session's life: the read loop and the writer, side by side; when
+/// either ends the other is stopped.
+async fn live(
+    st: &AppState,
+    session_id: u64,
+    started: Box<Started>,
+    reader: &mut Reader<'_>,
+    writer: &mut Writer<'_>,
+) {
+    let Started {
+        user,
+        handle,
+        rx,
+        start,
+        exp,
+        scopes,
+    } = *started;
+    // Each future is built in its pinned place: a `let` then `pin!` would
+    // keep two copies of it in this future's state.
+    let mut write = std::pin::pin!(crate::writer::run(
+        st.clone(),
+        writer,
+        rx,
+        handle.kill.clone(),
+        handle.close_reason.clone(),
+        start,
+    ));
+    let (user, handle) = (&user, &handle);
+    let mut read = std::pin::pin!(async {
+        read_loop(st, user, handle, reader, exp, scopes).await;
+        if st.registry.remove(user, session_id) {
+            Box::pin(st.presence.disconnect(user)).await;
         }
         handle.kill.cancel();
-        match Box::pin(tokio::time::timeout(Duration::from_secs(5), writer)).await {
-            Ok(Ok(sink)) => {
-                if let Ok(mut socket) = stream.reunite(sink) {
-                    Box::pin(linger(&mut socket)).await;
-                }
-            }
-            Ok(Err(e)) => tracing::warn!(error = %e, "writer task failed"),
-            Err(_) => tracing::warn!("writer did not finish within 5s"),
-        }
-        tracing::debug!("session ended");
+    });
+    // The writer stops the reader (through `kill`) when it ends first.
+    let writer_first = tokio::select! {
+        () = &mut write => true,
+        () = &mut read => false,
+    };
+    if writer_first {
+        read.await;
+    } else if tokio::time::timeout(Duration::from_secs(5), write)
+        .await
+        .is_err()
+    {
+        tracing::warn!("writer did not finish within 5s");
     }
-    .instrument(span)
-    .await;
-    metrics::gauge!("chat_gateway_connections").decrement(1.0);
+    tracing::debug!("session ended");
 }
 
 fn too_many(cap: usize) -> Refusal {
@@ -252,16 +269,12 @@ fn too_many(cap: usize) -> Refusal {
     )
 }
 
-/// Ends a session that never started: its error frame, the close, and
-/// lingering on the socket.
-async fn refuse(mut sink: SplitSink<Socket, Message>, stream: SplitStream<Socket>, r: Refusal) {
+/// Ends a session that never started: its error frame and the close.
+async fn refuse(writer: &mut Writer<'_>, r: Refusal) {
     if let Some(f) = r.frame.as_deref() {
-        let _sent = sink.send(Message::Text(encode(f))).await;
+        let _sent = writer.text(encode(f)).await;
     }
-    close_sink(&mut sink, r.code, &r.reason).await;
-    if let Ok(mut socket) = stream.reunite(sink) {
-        linger(&mut socket).await;
-    }
+    close_sink(writer, r.code, &r.reason).await;
 }
 
 /// When a token expiring at `exp` (Unix seconds) runs out, as an instant.
@@ -270,11 +283,25 @@ fn expiry_instant(exp: u64) -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now))
 }
 
+/// The next data frame; pings are answered through the writer (a ping
+/// when the queue is half full gets no pong: RFC 6455 §5.5.3 asks only
+/// for the latest).
+async fn next_data(reader: &mut Reader<'_>, handle: &SessionHandle) -> Incoming {
+    loop {
+        match reader.next().await {
+            Incoming::Ping(p) => {
+                handle.tx.try_send_hint(Out::Pong(p));
+            }
+            other => return other,
+        }
+    }
+}
+
 async fn read_loop(
     st: &AppState,
     user: &UserId,
     handle: &SessionHandle,
-    stream: &mut SplitStream<Socket>,
+    reader: &mut Reader<'_>,
     exp: u64,
     mut scopes: crate::scopes::Scopes,
 ) {
@@ -282,37 +309,49 @@ async fn read_loop(
     let mut rate = RateLimiter::new(limits.rate_per_sec, limits.rate_burst);
     // The session lives as long as its token, renewed by `auth` frames.
     let mut expires = expiry_instant(exp);
+    // One timer for both deadlines: the idle timeout (from each wait for a
+    // frame) and the token's expiry, whichever comes first.
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(expires));
     loop {
+        let idle_at = tokio::time::Instant::now() + limits.idle_timeout;
+        timer.as_mut().reset(idle_at.min(expires));
         let incoming = tokio::select! {
             _ = handle.kill.cancelled() => return,
-            _ = tokio::time::sleep_until(expires) => {
-                metrics::counter!("chat_gateway_token_expired_closes_total").increment(1);
-                handle.close(
-                    close::TOKEN_EXPIRED,
-                    "access token expired: refresh it, reconnect and resume",
-                );
+            () = &mut timer => {
+                if tokio::time::Instant::now() >= expires {
+                    metrics::counter!("chat_gateway_token_expired_closes_total").increment(1);
+                    handle.close(
+                        close::TOKEN_EXPIRED,
+                        "access token expired: refresh it, reconnect and resume",
+                    );
+                } else {
+                    handle.close(
+                        close::IDLE_TIMEOUT,
+                        "idle timeout: send ping to stay connected",
+                    );
+                }
                 return;
             }
-            r = tokio::time::timeout(limits.idle_timeout, next_frame(stream)) => r,
+            i = next_data(reader, handle) => i,
         };
         let text = match incoming {
-            Err(_) => {
-                handle.close(
-                    close::IDLE_TIMEOUT,
-                    "idle timeout: send ping to stay connected",
-                );
-                return;
-            }
-            Ok(Incoming::Text(t)) => t,
-            Ok(Incoming::Binary) => {
+            Incoming::Text(t) => t,
+            Incoming::Binary => {
                 handle.close(close::UNSUPPORTED_DATA, "binary frames are not supported");
                 return;
             }
-            Ok(Incoming::Violation { code, reason }) => {
+            Incoming::Violation { code, reason } => {
                 handle.close(code, &reason);
                 return;
             }
-            Ok(Incoming::Closed) => return,
+            Incoming::CloseFrame(code) => {
+                // Answered with the same status code (or none).
+                if let Some(code) = code {
+                    handle.close(code, "");
+                }
+                return;
+            }
+            Incoming::Closed | Incoming::Ping(_) => return,
         };
         metrics::counter!("chat_gateway_frames_in_total").increment(1);
         if !rate.allow(Instant::now()) {
@@ -358,16 +397,10 @@ async fn read_loop(
 }
 
 /// Sends a close frame with `code` and `reason` (cut to fit a control
-/// frame) and flushes, within 2 s.
-pub(crate) async fn close_sink(sink: &mut SplitSink<Socket, Message>, code: u16, reason: &str) {
-    let frame = CloseFrame {
-        code: code.into(),
-        reason: Utf8Bytes::from(truncate(reason, 120)),
-    };
-    let send = async {
-        let _sent = sink.send(Message::Close(Some(frame))).await;
-        let _closed = sink.close().await;
-    };
+/// frame) after what is buffered, within 2 s.
+pub(crate) async fn close_sink(writer: &mut Writer<'_>, code: u16, reason: &str) {
+    let reason = truncate(reason, 120);
+    let send = writer.close(Some((code, &reason)));
     if tokio::time::timeout(Duration::from_secs(2), send)
         .await
         .is_err()
@@ -406,35 +439,5 @@ mod tests {
     fn close_reasons_are_cut_on_char_boundaries() {
         assert_eq!(truncate("héllo", 2), "h");
         assert_eq!(truncate("ok", 10), "ok");
-    }
-
-    #[test]
-    fn protocol_violations_map_to_their_close_codes() {
-        use tungstenite::error::{CapacityError, ProtocolError};
-        let code = |e| match violation(e) {
-            Incoming::Violation { code, .. } => code,
-            _ => 0,
-        };
-        assert_eq!(
-            code(tungstenite::Error::Protocol(
-                ProtocolError::UnmaskedFrameFromClient
-            )),
-            1002
-        );
-        assert_eq!(
-            code(tungstenite::Error::Capacity(
-                CapacityError::MessageTooLong {
-                    size: 2,
-                    max_size: 1
-                }
-            )),
-            1009
-        );
-        assert!(matches!(
-            violation(tungstenite::Error::Protocol(
-                ProtocolError::ResetWithoutClosingHandshake
-            )),
-            Incoming::Closed
-        ));
     }
 }

@@ -13,12 +13,9 @@ use axum::response::{IntoResponse, Response};
 use chat_platform::http::ConnSlot;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tungstenite::protocol::{Role, WebSocketConfig};
+use tokio::net::TcpStream;
 
 use crate::state::AppState;
-
-/// A client connection after the upgrade.
-pub type Socket = tokio_tungstenite::WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// Longest time a closing connection is read (and discarded) after the
 /// server's close frame, waiting for the client to close its side.
@@ -45,19 +42,18 @@ pub async fn ws_upgrade(State(st): State<AppState>, mut req: Request) -> Respons
     };
     let permit = req.extensions().get::<ConnSlot>().and_then(ConnSlot::take);
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let config = ws_config(&st.config.limits);
     let tracker = st.sessions.clone();
     tracker.spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => {
-                let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                crate::session::run(st, socket, permit).await;
-            }
+            // The session owns the TCP socket itself (`ws`), with any bytes
+            // the client sent right after its request.
+            Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
+                Ok(parts) => {
+                    let early = parts.read_buf;
+                    crate::session::run(st, parts.io.into_inner(), early, permit).await;
+                }
+                Err(_) => tracing::warn!("an upgraded connection is not a TCP socket"),
+            },
             Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
         }
     });
@@ -105,17 +101,6 @@ impl IntoResponse for BadHandshake {
     }
 }
 
-/// The WebSocket settings of a session: frame and message size limits and
-/// buffer sizes from the gateway's limits; masked client frames only.
-pub fn ws_config(limits: &crate::config::Limits) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .max_message_size(Some(limits.max_frame_bytes))
-        .max_frame_size(Some(limits.max_frame_bytes))
-        .read_buffer_size(limits.read_buffer_bytes)
-        .write_buffer_size(limits.write_buffer_bytes)
-        .accept_unmasked_frames(false)
-}
-
 /// The `Sec-WebSocket-Accept` value for a valid upgrade request.
 fn handshake_key(headers: &HeaderMap) -> Result<String, BadHandshake> {
     let has_token = |name: header::HeaderName, token: &str| {
@@ -148,8 +133,7 @@ fn handshake_key(headers: &HeaderMap) -> Result<String, BadHandshake> {
 /// until the client closes its side, for at most [`LINGER`] and
 /// [`LINGER_BYTES`], so the kernel does not answer the client's unread
 /// bytes with a reset that would destroy the close frame.
-pub async fn linger(socket: &mut Socket) {
-    let io = socket.get_mut();
+pub async fn linger(io: &mut TcpStream) {
     let drain = async {
         let _shut = io.shutdown().await;
         let mut buf = vec![0u8; 16 * 1024];

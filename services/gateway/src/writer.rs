@@ -13,18 +13,15 @@ use std::time::Duration;
 
 use chat_core::RoomId;
 use chat_core::wire::{ServerFrame, close};
-use futures::SinkExt;
-use futures::stream::SplitSink;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-use tungstenite::{Message, Utf8Bytes};
+use tungstenite::Utf8Bytes;
 
 use crate::fill::fill;
 use crate::ordering::{Cursors, Step};
 use crate::registry::{CloseReason, Out};
 use crate::session::{close_sink, encode};
 use crate::state::AppState;
-use crate::upgrade::Socket;
 
 /// How long a session must stay behind a fanout head before the gateway
 /// treats the delivery as lost (a head may overtake its delivery).
@@ -34,7 +31,7 @@ const HEAD_GRACE: Duration = Duration::from_secs(1);
 const SNAPSHOT_WAIT: Duration = Duration::from_millis(500);
 
 /// The socket's sending half.
-pub type Sink = SplitSink<Socket, Message>;
+pub type Sink<'a> = crate::ws::Writer<'a>;
 
 /// Why the writer stops early.
 pub enum Stop {
@@ -53,10 +50,8 @@ const MAX_BATCH: usize = 64;
 
 /// Buffers a frame; it reaches the socket at the next [`flush`] (or when
 /// the write buffer is full, which waits for the socket: flow control).
-pub async fn send(sink: &mut Sink, frame: Utf8Bytes) -> Result<(), Stop> {
-    sink.feed(Message::Text(frame))
-        .await
-        .map_err(|_| Stop::Gone)?;
+pub async fn send(sink: &mut Sink<'_>, frame: Utf8Bytes) -> Result<(), Stop> {
+    sink.text(frame).await.map_err(|_| Stop::Gone)?;
     metrics::counter!("chat_gateway_frames_out_total").increment(1);
     Ok(())
 }
@@ -64,7 +59,7 @@ pub async fn send(sink: &mut Sink, frame: Utf8Bytes) -> Result<(), Stop> {
 /// Writes buffered frames to the socket. Called after each batch and before
 /// anything that waits on another service (a gap fill, a resume), so no
 /// frame waits in the buffer for a request.
-pub async fn flush(sink: &mut Sink) -> Result<(), Stop> {
+pub async fn flush(sink: &mut Sink<'_>) -> Result<(), Stop> {
     sink.flush().await.map_err(|_| Stop::Gone)
 }
 
@@ -106,17 +101,16 @@ pub struct Start {
     pub presence: Option<oneshot::Receiver<Utf8Bytes>>,
 }
 
-/// Runs until the queue closes, the socket fails, or `kill`; then closes the
-/// socket with the recorded reason. Returns the sink, so the session can
-/// linger on the socket before dropping it.
+/// Runs until the socket fails or `kill`; then closes the socket with the
+/// recorded reason.
 pub async fn run(
     st: AppState,
-    mut sink: Sink,
+    sink: &mut Sink<'_>,
     mut rx: crate::queue::Receiver<Out>,
     kill: CancellationToken,
     reason: Arc<Mutex<Option<CloseReason>>>,
-    start: Start,
-) -> Sink {
+    start: Box<Start>,
+) {
     let max = st.config.limits.resume_max;
     let mut cursors = Cursors::default();
     for (room, seq) in &start.positions {
@@ -125,15 +119,17 @@ pub async fn run(
     for job in &start.resumes {
         cursors.set(&job.room, job.start(max));
     }
-    let mut resumes: VecDeque<ResumeJob> = start.resumes.into();
-    let mut result = opening(
-        &mut sink,
-        start.welcome,
-        start.refusals,
-        start.presence,
-        &kill,
-    )
-    .await;
+    // `start` is boxed and consumed here, and `opening` boxed, so that
+    // neither stays in the state of a session's writer for its life.
+    let Start {
+        welcome,
+        resumes,
+        refusals,
+        presence,
+        ..
+    } = *start;
+    let mut resumes: VecDeque<ResumeJob> = resumes.into();
+    let mut result = Box::pin(opening(sink, welcome, refusals, presence, &kill)).await;
     while result.is_ok() && !kill.is_cancelled() {
         // Live work first: it is bounded and must not wait behind a
         // catch-up; the catch-up goes on when the queue is empty.
@@ -141,9 +137,9 @@ pub async fn run(
             Some(out) => out,
             None => match resumes.pop_front() {
                 Some(job) => {
-                    result = resume(&st, &mut sink, &mut cursors, job, max).await;
+                    result = Box::pin(resume(&st, sink, &mut cursors, job, max)).await;
                     if result.is_ok() {
-                        result = flush(&mut sink).await;
+                        result = flush(sink).await;
                     }
                     continue;
                 }
@@ -154,37 +150,37 @@ pub async fn run(
                 },
             },
         };
-        result = handle(&st, &mut sink, &mut cursors, first).await;
+        result = handle(&st, sink, &mut cursors, first).await;
         let mut batch = 1;
         while result.is_ok() && batch < MAX_BATCH {
             let Some(out) = rx.try_recv() else { break };
-            result = handle(&st, &mut sink, &mut cursors, out).await;
+            result = handle(&st, sink, &mut cursors, out).await;
             batch += 1;
         }
         if result.is_ok() {
-            result = flush(&mut sink).await;
+            result = flush(sink).await;
         }
     }
     match result {
         Ok(()) => {}
         Err(Stop::Gone) => {
             kill.cancel();
-            return sink;
+            return;
         }
         Err(Stop::Resync) => {
             let frame = encode(&ServerFrame::Reconnect {
                 resume: cursors.positions(),
             });
-            if send(&mut sink, frame).await.is_ok() {
+            if send(sink, frame).await.is_ok() {
                 close_sink(
-                    &mut sink,
+                    sink,
                     close::GOING_AWAY,
                     "missed messages not readable yet: reconnect and resume",
                 )
                 .await;
             }
             kill.cancel();
-            return sink;
+            return;
         }
     }
     let reason = match reason.lock() {
@@ -192,16 +188,16 @@ pub async fn run(
         Err(p) => p.into_inner().take(),
     };
     let Some(r) = reason else {
-        let _closed = sink.close().await;
-        return sink;
+        let _closed = tokio::time::timeout(Duration::from_secs(2), sink.close(None)).await;
+        return;
     };
     // Frames already queued before a deliberate close (e.g. an error frame
     // explaining it) are flushed first, except for a slow consumer whose
     // queue is the problem.
     if r.code != close::SLOW_CONSUMER {
         while let Some(Out::Frame(f)) = rx.try_recv() {
-            if send(&mut sink, f).await.is_err() {
-                return sink;
+            if send(sink, f).await.is_err() {
+                return;
             }
         }
     }
@@ -211,19 +207,18 @@ pub async fn run(
         let frame = encode(&ServerFrame::Reconnect {
             resume: cursors.positions(),
         });
-        if send(&mut sink, frame).await.is_err() {
-            return sink;
+        if send(sink, frame).await.is_err() {
+            return;
         }
     }
-    Box::pin(close_sink(&mut sink, r.code, &r.reason)).await;
-    sink
+    Box::pin(close_sink(sink, r.code, &r.reason)).await;
 }
 
 /// `welcome`, the refusals, then the presence snapshot (waiting briefly
 /// for it): before any live frame, so a presence change queued meanwhile
 /// is written after the snapshot it may supersede.
 async fn opening(
-    sink: &mut Sink,
+    sink: &mut Sink<'_>,
     welcome: Utf8Bytes,
     refusals: Vec<Utf8Bytes>,
     presence: Option<oneshot::Receiver<Utf8Bytes>>,
@@ -249,7 +244,7 @@ async fn opening(
 
 async fn handle(
     st: &AppState,
-    sink: &mut Sink,
+    sink: &mut Sink<'_>,
     cursors: &mut Cursors,
     out: Out,
 ) -> Result<(), Stop> {
@@ -271,6 +266,7 @@ async fn handle(
             cursors.forget(&room);
             Ok(())
         }
+        Out::Pong(payload) => sink.pong(payload).map_err(|_| Stop::Gone),
         Out::Msg { room, seq, frame } => match cursors.step(&room, seq) {
             Step::Duplicate => {
                 metrics::counter!("chat_gateway_duplicate_deliveries_dropped_total").increment(1);
@@ -317,7 +313,7 @@ async fn handle(
 /// Sends what the client missed in one resumed room, then `resumed`.
 async fn resume(
     st: &AppState,
-    sink: &mut Sink,
+    sink: &mut Sink<'_>,
     cursors: &mut Cursors,
     job: ResumeJob,
     max: u64,
