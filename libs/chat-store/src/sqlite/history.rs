@@ -55,7 +55,7 @@ impl HistoryStore for SqliteStore {
 
     async fn get_room(&self, id: &RoomId) -> Result<Option<Room>, StoreError> {
         let id = id.to_string();
-        self.call(move |conn| {
+        self.call_read(move |conn| {
             let row = conn
                 .query_row(
                     "SELECT id, name, created_by, created_at FROM rooms WHERE id = ?1",
@@ -130,7 +130,7 @@ impl HistoryStore for SqliteStore {
 
     async fn is_member(&self, room: &RoomId, user: &UserId) -> Result<bool, StoreError> {
         let (room, user) = (room.to_string(), user.to_string());
-        self.call(move |conn| {
+        self.call_read(move |conn| {
             conn.prepare_cached("SELECT 1 FROM members WHERE room = ?1 AND user = ?2")
                 .and_then(|mut stmt| stmt.query_row(params![room, user], |_| Ok(())))
                 .optional()
@@ -142,7 +142,7 @@ impl HistoryStore for SqliteStore {
 
     async fn members(&self, room: &RoomId) -> Result<Vec<UserId>, StoreError> {
         let room = room.to_string();
-        self.call(move |conn| {
+        self.call_read(move |conn| {
             let mut stmt = conn
                 .prepare_cached("SELECT user FROM members WHERE room = ?1 ORDER BY user")
                 .map_err(db)?;
@@ -156,7 +156,7 @@ impl HistoryStore for SqliteStore {
 
     async fn rooms_of(&self, user: &UserId) -> Result<Vec<RoomId>, StoreError> {
         let user = user.to_string();
-        self.call(move |conn| {
+        self.call_read(move |conn| {
             let mut stmt = conn
                 .prepare_cached("SELECT room FROM members WHERE user = ?1 ORDER BY room")
                 .map_err(db)?;
@@ -170,7 +170,7 @@ impl HistoryStore for SqliteStore {
 
     async fn room_count_of(&self, user: &UserId) -> Result<u64, StoreError> {
         let user = user.to_string();
-        self.call(move |conn| {
+        self.call_read(move |conn| {
             let n: i64 = conn
                 .prepare_cached("SELECT COUNT(*) FROM members WHERE user = ?1")
                 .map_err(db)?
@@ -183,7 +183,7 @@ impl HistoryStore for SqliteStore {
 
     async fn rooms_created_since(&self, user: &UserId, since_ms: u64) -> Result<u64, StoreError> {
         let user = user.to_string();
-        self.call(move |conn| {
+        self.call_read(move |conn| {
             let since = to_i64(since_ms, "since")?;
             let n: i64 = conn
                 .prepare_cached(
@@ -244,7 +244,7 @@ impl HistoryStore for SqliteStore {
 
     async fn page(&self, room: &RoomId, range: PageRange) -> Result<EventPage, StoreError> {
         let room = room.to_string();
-        self.call(move |conn| {
+        self.call_read(move |conn| {
             let lower = bound(range.after.unwrap_or(0));
             let upper = range.before.map_or(i64::MAX, bound);
             let fetch = i64::from(range.limit) + 1;
@@ -282,7 +282,7 @@ impl HistoryStore for SqliteStore {
 
     async fn last_seq(&self, room: &RoomId) -> Result<u64, StoreError> {
         let room = room.to_string();
-        self.call(move |conn| {
+        self.call_read(move |conn| {
             let max: Option<i64> = conn
                 .prepare_cached("SELECT MAX(seq) FROM events WHERE room = ?1")
                 .and_then(|mut stmt| stmt.query_row(params![room], |r| r.get(0)))
@@ -299,7 +299,7 @@ impl HistoryStore for SqliteStore {
         cmid: &ClientMsgId,
     ) -> Result<Option<RoomEvent>, StoreError> {
         let (room, from, cmid) = (room.to_string(), from.to_string(), cmid.to_string());
-        self.call(move |conn| {
+        self.call_read(move |conn| {
             // Asked once per send: a cached statement, not parsed each time.
             conn.prepare_cached(
                 "SELECT json FROM events WHERE room = ?1 AND sender = ?2 AND cmid = ?3",

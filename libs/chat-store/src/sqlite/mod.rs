@@ -27,11 +27,15 @@ const WAL_CHECKPOINT_PAGES: i64 = 10_000;
 
 /// SQLite-backed [`UserStore`] and [`crate::HistoryStore`]. Cheap to clone.
 ///
-/// One connection serialises all calls: the local deployment's load is small
-/// and a single writer is what SQLite wants anyway.
+/// One connection serialises all writes (a single writer is what SQLite
+/// wants); reads of history go through a second one, so in WAL mode they
+/// never wait behind a write that waits for a lock (another process's, or
+/// a busy database).
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// Read-only; the same connection as `conn` for an in-memory database.
+    reader: Arc<Mutex<Connection>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -89,7 +93,18 @@ impl SqliteStore {
             .map_err(db)?;
         conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)
             .map_err(db)?;
-        Self::init(conn)
+        let mut store = Self::init(conn)?;
+        // After the migration, so the reader sees the schema.
+        let reader = Connection::open(path).map_err(db)?;
+        reader
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db)?;
+        reader
+            .pragma_update(None, "mmap_size", MMAP_BYTES)
+            .map_err(db)?;
+        reader.pragma_update(None, "query_only", "ON").map_err(db)?;
+        store.reader = Arc::new(Mutex::new(reader));
+        Ok(store)
     }
 
     /// A private in-memory database (tests).
@@ -102,18 +117,36 @@ impl SqliteStore {
             .map_err(db)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
         schema::migrate(&mut conn)?;
+        let conn = Arc::new(Mutex::new(conn));
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            reader: conn.clone(),
+            conn,
         })
     }
 
-    /// Runs `f` with the connection on the blocking pool.
+    /// Runs `f` with the writing connection on the blocking pool.
     pub(crate) async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = self.conn.clone();
+        Self::on(self.conn.clone(), f).await
+    }
+
+    /// Runs a read-only `f` with the reading connection.
+    pub(crate) async fn call_read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        Self::on(self.reader.clone(), f).await
+    }
+
+    async fn on<T, F>(conn: Arc<Mutex<Connection>>, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
         tokio::task::spawn_blocking(move || {
             // A panic while holding the lock cannot leave a transaction open
             // (rusqlite rolls back on drop), so a poisoned lock is still usable.
