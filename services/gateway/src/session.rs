@@ -310,29 +310,37 @@ async fn read_loop(
     // The session lives as long as its token, renewed by `auth` frames.
     let mut expires = expiry_instant(exp);
     // One timer for both deadlines: the idle timeout (from each wait for a
-    // frame) and the token's expiry, whichever comes first.
-    let mut timer = std::pin::pin!(tokio::time::sleep_until(expires));
+    // frame) and the token's expiry, whichever comes first. It is re-armed
+    // only when it fires early (a frame came meanwhile), not on every frame.
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(
+        (tokio::time::Instant::now() + limits.idle_timeout).min(expires)
+    ));
     loop {
         let idle_at = tokio::time::Instant::now() + limits.idle_timeout;
-        timer.as_mut().reset(idle_at.min(expires));
-        let incoming = tokio::select! {
-            _ = handle.kill.cancelled() => return,
-            () = &mut timer => {
-                if tokio::time::Instant::now() >= expires {
-                    metrics::counter!("chat_gateway_token_expired_closes_total").increment(1);
-                    handle.close(
-                        close::TOKEN_EXPIRED,
-                        "access token expired: refresh it, reconnect and resume",
-                    );
-                } else {
-                    handle.close(
-                        close::IDLE_TIMEOUT,
-                        "idle timeout: send ping to stay connected",
-                    );
+        let incoming = loop {
+            tokio::select! {
+                _ = handle.kill.cancelled() => return,
+                () = &mut timer => {
+                    let now = tokio::time::Instant::now();
+                    if now >= expires {
+                        metrics::counter!("chat_gateway_token_expired_closes_total").increment(1);
+                        handle.close(
+                            close::TOKEN_EXPIRED,
+                            "access token expired: refresh it, reconnect and resume",
+                        );
+                        return;
+                    }
+                    if now >= idle_at {
+                        handle.close(
+                            close::IDLE_TIMEOUT,
+                            "idle timeout: send ping to stay connected",
+                        );
+                        return;
+                    }
+                    timer.as_mut().reset(idle_at.min(expires));
                 }
-                return;
+                i = next_data(reader, handle) => break i,
             }
-            i = next_data(reader, handle) => i,
         };
         let text = match incoming {
             Incoming::Text(t) => t,
@@ -371,6 +379,9 @@ async fn read_loop(
         let answer = Box::pin(crate::commands::handle(st, user, &scopes, &text)).await;
         if let Some((sid, exp, renewed_scopes)) = answer.renewed.clone() {
             expires = expiry_instant(exp);
+            if expires < timer.deadline() {
+                timer.as_mut().reset(expires);
+            }
             scopes = renewed_scopes;
             *handle
                 .sid
