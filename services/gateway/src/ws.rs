@@ -22,7 +22,7 @@ use crate::frame::{self, Decoded, Decoder, Opcode, Violation};
 /// Most bytes taken from the socket per read.
 const READ_CHUNK: usize = 4096;
 /// Most frames written per `writev` (two slices each).
-const WRITE_BATCH: usize = 64;
+const WRITE_BATCH: usize = 16;
 
 /// What the next client frame was.
 #[derive(Debug)]
@@ -233,11 +233,24 @@ impl<'a> Writer<'a> {
         Poll::Ready(Ok(()))
     }
 
-    /// One `writev` of up to [`WRITE_BATCH`] frames.
+    /// One `writev` of up to [`WRITE_BATCH`] frames. The slices live on
+    /// the stack; a single frame (the common case) needs only two.
     fn write_some(&self) -> io::Result<usize> {
+        if self.pending.len() == 1 {
+            let mut slices = [IoSlice::new(&[]); 2];
+            let n = self.slices(&mut slices);
+            return self.io.try_write_vectored(&slices[..n]);
+        }
         let mut slices = [IoSlice::new(&[]); 2 * WRITE_BATCH];
+        let n = self.slices(&mut slices);
+        self.io.try_write_vectored(&slices[..n])
+    }
+
+    /// Fills `slices` with what is left to write of the first frames; how
+    /// many it used.
+    fn slices<'s>(&'s self, slices: &mut [IoSlice<'s>]) -> usize {
         let mut n = 0;
-        for (i, p) in self.pending.iter().take(WRITE_BATCH).enumerate() {
+        for (i, p) in self.pending.iter().take(slices.len() / 2).enumerate() {
             let head = &p.head[..usize::from(p.head_len)];
             let skip = if i == 0 { self.written } else { 0 };
             if skip < head.len() {
@@ -250,7 +263,7 @@ impl<'a> Writer<'a> {
                 n += 1;
             }
         }
-        self.io.try_write_vectored(&slices[..n])
+        n
     }
 
     /// Drops what `n` written bytes completed.
@@ -269,5 +282,99 @@ impl<'a> Writer<'a> {
             }
         }
         self.pending.drain(..done);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let (client, server) = tokio::join!(TcpStream::connect(addr), l.accept());
+        (server.expect("accept").0, client.expect("connect"))
+    }
+
+    /// Reads one unmasked server frame: opcode and payload.
+    async fn server_frame(c: &mut TcpStream) -> (u8, Vec<u8>) {
+        let mut h = [0u8; 2];
+        c.read_exact(&mut h).await.expect("header");
+        let len = match h[1] & 0x7F {
+            126 => u64::from(c.read_u16().await.expect("len16")),
+            127 => c.read_u64().await.expect("len64"),
+            n => u64::from(n),
+        };
+        let mut p = vec![0u8; usize::try_from(len).expect("len")];
+        c.read_exact(&mut p).await.expect("payload");
+        (h[0] & 0x0F, p)
+    }
+
+    #[tokio::test]
+    async fn the_writer_gets_every_frame_out_whole_and_in_order_through_partial_writes() {
+        let (server, mut client) = pair().await;
+        // Frames of every length form, more than fit the socket's buffers:
+        // writes are partial and wait for the reader.
+        let sizes: Vec<usize> = (0..300).map(|i| [6, 200, 70_000][i % 3] + i).collect();
+        let reading = tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..300 {
+                got.push(server_frame(&mut client).await);
+            }
+            got
+        });
+        let mut w = Writer::new(&server, 8192);
+        for (i, n) in sizes.iter().enumerate() {
+            let text = format!("{i:05}{}", "x".repeat(n - 5));
+            w.text(text.into()).await.expect("text");
+        }
+        w.flush().await.expect("flush");
+        assert!(
+            w.pending.is_empty() && w.pending.capacity() == 0,
+            "nothing held"
+        );
+        let got = reading.await.expect("reader");
+        for (i, (opcode, payload)) in got.iter().enumerate() {
+            assert_eq!(*opcode, 1);
+            assert_eq!(payload.len(), sizes[i], "frame {i}");
+            assert_eq!(&payload[..5], format!("{i:05}").as_bytes());
+        }
+    }
+
+    #[tokio::test]
+    async fn the_reader_takes_frames_split_anywhere_and_pongs_and_closes_come_out() {
+        let (server, mut client) = pair().await;
+        let masked = |b0: u8, payload: &[u8]| {
+            let mut v = vec![b0, 0x80 | u8::try_from(payload.len()).expect("short")];
+            v.extend_from_slice(&[1, 2, 3, 4]);
+            let mut p = payload.to_vec();
+            frame::unmask(&mut p, [1, 2, 3, 4]);
+            v.extend_from_slice(&p);
+            v
+        };
+        let bytes = [
+            masked(0x81, b"{\"type\":\"ping\"}"),
+            masked(0x89, b"are you there"),
+            masked(0x88, &1000u16.to_be_bytes()),
+        ]
+        .concat();
+        // The first 3 bytes arrived with the upgrade request.
+        let mut r = Reader::new(&server, &bytes[..3], 1024);
+        let sending = tokio::spawn(async move {
+            for chunk in bytes[3..].chunks(5) {
+                client.write_all(chunk).await.expect("write");
+                client.flush().await.expect("flush");
+                tokio::task::yield_now().await;
+            }
+            client
+        });
+        assert!(matches!(r.next().await, Incoming::Text(t) if t.as_str() == "{\"type\":\"ping\"}"));
+        assert!(matches!(r.next().await, Incoming::Ping(p) if &p[..] == b"are you there"));
+        assert!(matches!(r.next().await, Incoming::CloseFrame(Some(1000))));
+        drop(sending.await.expect("sender"));
+        assert!(matches!(r.next().await, Incoming::Closed), "end of stream");
+        assert_eq!(r.frames.held(), 0);
     }
 }
