@@ -113,3 +113,61 @@ async fn a_reopened_file_keeps_users_rooms_members_and_events() {
         .expect("page");
     assert_eq!(page.events.len(), 1);
 }
+
+#[tokio::test]
+async fn reads_do_not_wait_behind_a_write_waiting_for_another_process_lock() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("chat.db");
+    let store = SqliteStore::open(&path).expect("open");
+    let (user, room) = (UserId::generate(), RoomId::generate());
+    store
+        .create_room(&Room {
+            id: room.clone(),
+            name: "r".into(),
+            created_by: user.clone(),
+            created_at: 1,
+        })
+        .await
+        .expect("create room");
+    store.add_member(&room, &user, 2).await.expect("member");
+    // Another process holds the write lock: a write now waits (up to the
+    // 5 s busy timeout) holding the store's writing connection.
+    let other = rusqlite::Connection::open(&path).expect("second connection");
+    other.execute_batch("BEGIN EXCLUSIVE").expect("write lock");
+    let writer = store.clone();
+    let (w_room, w_user) = (room.clone(), user.clone());
+    let ev = chat_core::events::RoomEvent {
+        v: 1,
+        room: w_room,
+        seq: 1,
+        ts: 3,
+        from: w_user.clone(),
+        body: chat_core::events::EventBody::Member {
+            user: w_user,
+            op: chat_core::events::MemberOp::Join,
+        },
+    };
+    let write = tokio::spawn(async move { writer.append_events(&[ev]).await });
+    // Several reads, so that at least the later ones come while the write
+    // holds the writing connection: each is answered while it still waits.
+    for _ in 0..5 {
+        tokio::task::yield_now().await;
+        assert_eq!(
+            store.rooms_of(&user).await.expect("rooms"),
+            vec![room.clone()]
+        );
+        assert!(store.is_member(&room, &user).await.expect("member"));
+        assert!(
+            !write.is_finished(),
+            "the read waited for the blocked write"
+        );
+    }
+    other.execute_batch("COMMIT").expect("release");
+    assert_eq!(
+        write
+            .await
+            .expect("task")
+            .expect("the write goes through once released"),
+        1
+    );
+}

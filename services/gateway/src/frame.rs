@@ -226,12 +226,17 @@ impl Decoder {
                 self.buf.reserve_exact(total - self.buf.len());
                 return Ok(None);
             }
-            let mut payload = self.buf[h.header_len..total].to_vec();
-            if self.buf.len() == total {
-                self.buf = Vec::new();
+            let mut payload = if self.buf.len() == total {
+                // The usual case, one whole frame: its buffer becomes the
+                // payload (no second allocation), and none is left held.
+                let mut whole = std::mem::take(&mut self.buf);
+                whole.drain(..h.header_len);
+                whole
             } else {
+                let p = self.buf[h.header_len..total].to_vec();
                 self.buf.drain(..total);
-            }
+                p
+            };
             unmask(&mut payload, h.mask);
             let (opcode, message) = match h.opcode {
                 Opcode::Ping => return Ok(Some(Decoded::Ping(payload))),
